@@ -1,0 +1,26 @@
+# Set-up commands (README): `make repro` runs the pipeline, `make test` the tests.
+# Both create .venv if missing and install the pinned requirements first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+INSTALLED := $(VENV)/.installed
+# Stage commands call `python`: put the project's environment first on PATH.
+RUN := PATH="$(CURDIR)/$(BIN):$$PATH"
+
+.PHONY: install repro test lint
+
+install: $(INSTALLED)
+
+$(INSTALLED): requirements.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	touch $@
+
+repro: $(INSTALLED)
+	$(RUN) dvc repro
+
+test: $(INSTALLED)
+	$(RUN) python -m pytest -q
+
+lint: $(INSTALLED)
+	$(RUN) ruff check . && $(RUN) ruff format --check .

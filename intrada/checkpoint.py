@@ -1,0 +1,121 @@
+"""Model files: weights plus everything needed to know what produced them.
+
+A model file is a `torch.save`d dict of plain types, loadable with `weights_only=True`:
+`state_dict`, and `meta` = format, architecture and its config, class names and train
+ids, the producing stage, the params it was trained with (and their hash), what it was
+initialised from, the git revision and library versions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import platform
+import subprocess
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from intrada import __version__
+from intrada.classes import ClassSet
+from intrada.errors import IntradaError
+from intrada.io import atomic_path
+from intrada.models import build_model
+
+MODEL_FORMAT = "intrada-model/1"
+# Code whose uncommitted edits make a recorded git revision misleading.
+CODE_PATHS = ("intrada", "stages", "dvc.yaml")
+
+
+def git_revision(cwd: str | Path = ".") -> dict[str, Any]:
+    """HEAD's commit and whether the pipeline code differs from it (None outside git)."""
+
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(
+                ["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10, check=True
+            )
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return out.stdout.strip()
+
+    head = git("rev-parse", "HEAD")
+    if head is None:
+        return {"commit": None, "code_modified": None}
+    changes = git("status", "--porcelain", "--", *CODE_PATHS)
+    return {"commit": head, "code_modified": bool(changes)}
+
+
+def library_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version(), "intrada": __version__}
+    for package in ("torch", "torchvision", "numpy", "pandas", "dvc"):
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            versions[package] = metadata.version(package)
+    return versions
+
+
+def params_hash(params: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()
+
+
+def model_meta(
+    *,
+    arch: str,
+    arch_config: dict[str, Any],
+    classes: ClassSet,
+    stage: str,
+    params: dict[str, Any],
+    init_from: str | None,
+) -> dict[str, Any]:
+    """The provenance block stored beside a model's weights."""
+    return {
+        "format": MODEL_FORMAT,
+        "arch": arch,
+        "arch_config": dict(arch_config),
+        "class_names": list(classes.names),
+        "train_ids": list(classes.train_ids),
+        "stage": stage,
+        "params": params,
+        "params_sha256": params_hash(params),
+        "init_from": init_from,
+        "git": git_revision(),
+        "versions": library_versions(),
+    }
+
+
+def save_model(path: str | Path, model: nn.Module, meta: dict[str, Any]) -> None:
+    """Write weights and provenance atomically."""
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    with atomic_path(path) as tmp:
+        torch.save({"state_dict": state, "meta": meta}, tmp)
+
+
+def load_model(path: str | Path, classes: ClassSet | None = None) -> tuple[nn.Module, dict]:
+    """A model rebuilt from its file; `classes`, if given, must match the file's."""
+    path = Path(path)
+    if not path.is_file():
+        raise IntradaError(f"{path}: model file not found")
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise IntradaError(f"{path}: not a readable model file ({exc})") from exc
+    meta = blob.get("meta", {}) if isinstance(blob, dict) else {}
+    if meta.get("format") != MODEL_FORMAT:
+        raise IntradaError(f"{path}: not an intrada model file; expected format {MODEL_FORMAT}")
+    if classes is not None and tuple(meta["class_names"]) != classes.names:
+        raise IntradaError(
+            f"{path}: model predicts classes {meta['class_names']}; expected {list(classes.names)}"
+        )
+    model = build_model(meta["arch"], len(meta["class_names"]), **meta["arch_config"])
+    try:
+        model.load_state_dict(blob["state_dict"])
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0]
+        raise IntradaError(
+            f"{path}: weights do not fit architecture {meta['arch']} ({first})"
+        ) from None
+    return model, meta

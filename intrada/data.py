@@ -1,0 +1,129 @@
+"""Datasets read from index tables, and the order in which training visits them.
+
+Index tables (Parquet) have one row per image: `image_id`, `image_path` and, when
+labelled, `label_path`. Paths are relative to the project root (the folder holding
+dvc.yaml) or absolute; readers resolve them against a `root` they are given.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from intrada.classes import ClassSet
+from intrada.errors import IntradaError
+from intrada.io import read_label_png, read_parquet, read_rgb
+
+
+def load_index(path: str | Path, labelled: bool) -> pd.DataFrame:
+    """An index table, checked for the columns a labelled/unlabelled set needs."""
+    columns = ("image_id", "image_path") + (("label_path",) if labelled else ())
+    df = read_parquet(path, columns)
+    if df.empty:
+        raise IntradaError(f"{path}: the index is empty; expected at least one image")
+    if df["image_id"].duplicated().any():
+        dup = df["image_id"][df["image_id"].duplicated()].iloc[0]
+        raise IntradaError(f"{path}: image_id {dup!r} appears twice; expected unique ids")
+    return df.reset_index(drop=True)
+
+
+class SegmentationSet(Dataset):
+    """Images (float [0, 1], CHW) and, when labelled, labels as class channels (255 = ignore).
+
+    Items are addressed by `(index, flip)` so that the sampler, not the dataset, owns
+    every random choice: the visiting order is then a pure function of the seed.
+    """
+
+    def __init__(self, table: pd.DataFrame, classes: ClassSet, root: Path, labelled: bool):
+        self.ids = table["image_id"].tolist()
+        self.image_paths = [root / p for p in table["image_path"]]
+        self.label_paths = [root / p for p in table["label_path"]] if labelled else None
+        self.num_classes = len(classes)
+        self.lut = torch.from_numpy(classes.train_id_to_channel())
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, item: tuple[int, bool]) -> dict[str, torch.Tensor]:
+        index, flip = item
+        image = torch.from_numpy(read_rgb(self.image_paths[index])).permute(2, 0, 1)
+        sample = {"image": image.float().div_(255.0), "index": torch.tensor(index)}
+        if self.label_paths is not None:
+            label = torch.from_numpy(read_label_png(self.label_paths[index]))
+            if label.shape != image.shape[1:]:
+                raise IntradaError(
+                    f"{self.label_paths[index]}: label size {tuple(label.shape)} differs from "
+                    f"its image {tuple(image.shape[1:])}; expected the same height and width"
+                )
+            sample["label"] = self.lut[label.long()].long()
+        if flip:
+            sample = {k: v.flip(-1) if v.ndim >= 2 else v for k, v in sample.items()}
+        return sample
+
+
+class EndlessBatches:
+    """Batches of `(index, flip)` drawn without replacement, epoch after epoch.
+
+    Epoch e is a permutation seeded by (seed, stream, e); batches run across epoch
+    boundaries. Batch k depends only on k, so training can start (or resume) anywhere.
+    """
+
+    def __init__(
+        self,
+        size: int,
+        batch_size: int,
+        seed: int,
+        stream: int,
+        hflip: bool,
+        start: int = 0,
+        stop: int | None = None,
+    ):
+        self.size, self.batch_size = size, batch_size
+        self.seed, self.stream, self.hflip = seed, stream, hflip
+        self.start, self.stop = start, stop
+        self._cached: tuple[int, tuple[np.ndarray, np.ndarray]] = (-1, (np.empty(0), np.empty(0)))
+
+    def _epoch(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+        if self._cached[0] != epoch:
+            rng = np.random.default_rng([self.seed, self.stream, epoch])
+            order = rng.permutation(self.size)
+            flips = rng.random(self.size) < 0.5 if self.hflip else np.zeros(self.size, bool)
+            self._cached = (epoch, (order, flips))
+        return self._cached[1]
+
+    def batch(self, k: int) -> list[tuple[int, bool]]:
+        items = []
+        for pos in range(k * self.batch_size, (k + 1) * self.batch_size):
+            order, flips = self._epoch(pos // self.size)
+            offset = pos % self.size
+            items.append((int(order[offset]), bool(flips[offset])))
+        return items
+
+    def __iter__(self) -> Iterator[list[tuple[int, bool]]]:
+        k = self.start
+        while self.stop is None or k < self.stop:
+            yield self.batch(k)
+            k += 1
+
+    def __len__(self) -> int:
+        if self.stop is None:
+            raise TypeError("an endless sampler has no length")
+        return self.stop - self.start
+
+
+def in_order(size: int, batch_size: int) -> list[list[tuple[int, bool]]]:
+    """Batches of `(index, no flip)` covering a set once, in table order."""
+    return [
+        [(i, False) for i in range(s, min(s + batch_size, size))]
+        for s in range(0, size, batch_size)
+    ]
+
+
+def loader(dataset: SegmentationSet, batches, num_workers: int = 0) -> DataLoader:
+    """A DataLoader over explicit batches of `(index, flip)` items."""
+    return DataLoader(dataset, batch_sampler=batches, num_workers=num_workers)

@@ -1,0 +1,30 @@
+"""Entropy math of AdvEnt / IntraDA, as pure tensor functions.
+
+For a softmax P with C channels the *weighted self-information map* is
+I = -P * log2(P) / log2(C); summing it over channels gives the entropy normalised to
+[0, 1] (0 for a one-hot prediction, 1 for the uniform one).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+EPS = 1e-30  # keeps log2(0) finite; 0 * log2(EPS) is then exactly 0
+
+
+def self_information(prob: torch.Tensor) -> torch.Tensor:
+    """(N, C, H, W) softmax -> (N, C, H, W) weighted self-information map."""
+    num_classes = prob.shape[1]
+    return -prob * torch.log2(prob + EPS) / math.log2(num_classes)
+
+
+def entropy_map(prob: torch.Tensor) -> torch.Tensor:
+    """(N, C, H, W) softmax -> (N, H, W) normalised entropy in [0, 1]."""
+    return self_information(prob).sum(dim=1)
+
+
+def image_entropy(prob: torch.Tensor) -> torch.Tensor:
+    """(N, C, H, W) softmax -> (N,) mean normalised entropy of each image: its rank score."""
+    return entropy_map(prob).mean(dim=(1, 2))

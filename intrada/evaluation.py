@@ -1,0 +1,119 @@
+"""Evaluation of a model on a labelled set, at label resolution."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from intrada.classes import ClassSet
+from intrada.data import SegmentationSet, in_order, loader
+from intrada.entropy import entropy_map
+from intrada.inference import predict_probs
+from intrada.io import atomic_path, write_json, write_rgb_png
+from intrada.metrics import confusion_matrix, iou_per_class, mean_iou
+from intrada.viz import colorize_channels, entropy_rgb, panel
+
+
+def evaluate_confusion(model: nn.Module, dataset: SegmentationSet, batch_size: int) -> np.ndarray:
+    """The (C, C) confusion matrix of `model` over every labelled pixel of `dataset`."""
+    num_classes = dataset.num_classes
+    cm = np.zeros((num_classes, num_classes), np.int64)
+    batches = in_order(len(dataset), batch_size)
+    for batch in tqdm(
+        loader(dataset, batches), total=len(batches), desc="evaluate", file=sys.stderr, disable=None
+    ):
+        labels = batch["label"]
+        pred = predict_probs(model, batch["image"], tuple(labels.shape[-2:])).argmax(dim=1)
+        cm += confusion_matrix(labels.numpy(), pred.numpy(), num_classes)
+    return cm
+
+
+def iou_report(cm: np.ndarray, classes: ClassSet) -> dict:
+    """{"mIoU": %, "IoU": {class: % or None}}: None for a class with no IoU (absent and
+    never predicted), left out of the mean."""
+    iou = iou_per_class(cm)
+    return {
+        "mIoU": _percent(mean_iou(iou)),
+        "IoU": {name: _percent(v) for name, v in zip(classes.names, iou, strict=True)},
+    }
+
+
+def confusion_table(cm: np.ndarray, classes: ClassSet) -> pd.DataFrame:
+    """The confusion matrix with class names as index (truth) and columns (prediction)."""
+    names = list(classes.names)
+    return pd.DataFrame(cm, index=pd.Index(names, name="truth"), columns=names)
+
+
+def _percent(value: float) -> float | None:
+    return None if np.isnan(value) else round(100.0 * float(value), 4)
+
+
+@torch.no_grad()
+def predict_labels(model: nn.Module, image: torch.Tensor, size: tuple[int, int]):
+    """One image -> (channel prediction (H, W), entropy map (H, W)) as numpy arrays."""
+    prob = predict_probs(model, image[None], size)
+    return prob.argmax(dim=1)[0].numpy(), entropy_map(prob)[0].numpy()
+
+
+def write_report(
+    models: dict[str, nn.Module],
+    dataset: SegmentationSet,
+    classes: ClassSet,
+    batch_size: int,
+    num_panels: int,
+    metrics_path: Path,
+    confusion_dir: Path,
+    iou_dir: Path,
+    panels_dir: Path,
+) -> dict:
+    """Evaluate every model and write, each atomically:
+
+    - `metrics_path`: {model: {"mIoU": %, "IoU": {class: %}}};
+    - `confusion_dir/<model>.csv`: confusion matrices (rows truth, columns prediction);
+    - `iou_dir/<model>.csv`: per-class IoU rows (`class`, `IoU`) for `dvc plots`;
+    - `panels_dir/val_<k>.png`: image | truth | one prediction per model | entropy of
+      the last model, for the first `num_panels` images.
+    """
+    report = {}
+    with atomic_path(confusion_dir) as cm_out, atomic_path(iou_dir) as iou_out:
+        cm_out.mkdir()
+        iou_out.mkdir()
+        for name, model in models.items():
+            cm = evaluate_confusion(model, dataset, batch_size)
+            report[name] = iou_report(cm, classes)
+            confusion_table(cm, classes).to_csv(cm_out / f"{name}.csv")
+            pd.DataFrame(
+                {
+                    "class": list(classes.names),
+                    "IoU": [report[name]["IoU"][c] for c in classes.names],
+                }
+            ).to_csv(iou_out / f"{name}.csv", index=False)
+    write_json(metrics_path, report)
+    with atomic_path(panels_dir) as out:
+        out.mkdir()
+        for k in range(min(num_panels, len(dataset))):
+            write_rgb_png(out / f"val_{k:02d}.png", val_panel(models, dataset, classes, k))
+    return report
+
+
+def val_panel(
+    models: dict[str, nn.Module], dataset: SegmentationSet, classes: ClassSet, index: int
+) -> np.ndarray:
+    sample = dataset[(index, False)]
+    image, label = sample["image"], sample["label"]
+    columns = [
+        ("image", (image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)),
+        ("truth", colorize_channels(label.numpy(), classes)),
+    ]
+    entropy = None
+    for name, model in models.items():
+        pred, entropy = predict_labels(model, image, tuple(label.shape))
+        columns.append((name, colorize_channels(pred, classes)))
+    columns.append((f"entropy ({name})", entropy_rgb(entropy)))
+    return panel(columns)

@@ -1,0 +1,108 @@
+"""Artifact I/O: atomic writes, label PNGs, images, Parquet tables, JSON.
+
+Every output is written under a temporary name in the same directory and renamed into
+place, so a failure never leaves a half-written artifact nor touches an earlier one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from intrada.errors import IntradaError
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary sibling of `path` to write; rename it onto `path` on success.
+
+    Works for a file or a directory. A directory replaces the old one as a whole.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    target = tmp / path.name
+    try:
+        yield target
+        if not target.exists():
+            raise RuntimeError(f"nothing was written to {path}")
+        old = None
+        if path.is_dir() and not path.is_symlink():
+            old = tmp / ".old"  # a directory cannot be replaced in one rename
+            path.rename(old)
+        try:
+            os.replace(target, path)
+        except OSError:
+            if old is not None:
+                old.rename(path)
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, allow_nan=False) + "\n")
+
+
+def write_parquet(path: str | Path, df: pd.DataFrame) -> None:
+    with atomic_path(path) as tmp:
+        df.to_parquet(tmp, index=False)
+
+
+def read_parquet(path: str | Path, columns: tuple[str, ...] = ()) -> pd.DataFrame:
+    """A Parquet table, checked for the columns the caller needs."""
+    path = Path(path)
+    if not path.is_file():
+        raise IntradaError(f"{path}: file not found; expected a Parquet table")
+    try:
+        df = pd.read_parquet(path)
+    except Exception as exc:  # pyarrow raises several types for corrupt files
+        raise IntradaError(f"{path}: not a readable Parquet table ({exc})") from exc
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise IntradaError(f"{path}: missing columns {missing}; has {list(df.columns)}")
+    return df
+
+
+def write_label_png(path: str | Path, label: np.ndarray) -> None:
+    """A single-channel 8-bit PNG of train ids (255 = ignore). Not atomic: call it
+    inside an `atomic_path` directory."""
+    if label.dtype != np.uint8 or label.ndim != 2:
+        raise ValueError(f"label must be a 2-D uint8 array, got {label.dtype} {label.shape}")
+    Image.fromarray(label).save(path, optimize=False)
+
+
+def read_label_png(path: str | Path) -> np.ndarray:
+    """A label PNG as a (H, W) uint8 array of train ids."""
+    try:
+        with Image.open(path) as img:
+            if img.mode not in ("L", "P"):
+                raise IntradaError(f"{path}: label mode {img.mode}; expected 8-bit single channel")
+            return np.array(img, dtype=np.uint8)
+    except (OSError, SyntaxError) as exc:
+        raise IntradaError(f"{path}: unreadable label image ({exc})") from exc
+
+
+def write_rgb_png(path: str | Path, image: np.ndarray) -> None:
+    """An (H, W, 3) uint8 image as PNG. Not atomic: call it inside `atomic_path`."""
+    Image.fromarray(image).save(path, optimize=False)
+
+
+def read_rgb(path: str | Path) -> np.ndarray:
+    """An image file as (H, W, 3) uint8 RGB."""
+    try:
+        with Image.open(path) as img:
+            return np.array(img.convert("RGB"), dtype=np.uint8)
+    except (OSError, SyntaxError) as exc:
+        raise IntradaError(f"{path}: unreadable image ({exc})") from exc

@@ -1,0 +1,129 @@
+"""A training run from files to files: index tables in, model file and curves out.
+
+The three training stages (source-only, inter, intra) differ only in the tables and
+the start model they pass here.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from intrada.checkpoint import load_model, model_meta, params_hash, save_model
+from intrada.classes import ClassSet
+from intrada.config import ModelParams, TrainParams, as_dict
+from intrada.data import SegmentationSet, load_index
+from intrada.errors import IntradaError
+from intrada.io import atomic_path
+from intrada.models import build_model
+from intrada.training import train
+
+log = logging.getLogger(__name__)
+
+
+def arch_config(model_params: ModelParams) -> dict[str, Any]:
+    """Constructor arguments of the architecture (everything but its name)."""
+    return {k: v for k, v in as_dict(model_params).items() if k != "name"}
+
+
+def initial_model(
+    model_params: ModelParams, classes: ClassSet, seed: int, init_path: Path | None
+) -> tuple[nn.Module, dict[str, Any] | None]:
+    """A fresh network (seeded), or the weights of an earlier stage's model file.
+
+    Returns the model and, when loaded, where from (path and that model's params hash).
+    """
+    torch.manual_seed(seed)
+    if init_path is None:
+        return build_model(model_params.name, len(classes), **arch_config(model_params)), None
+    model, meta = load_model(init_path, classes)
+    wanted = (model_params.name, arch_config(model_params))
+    if (meta["arch"], meta["arch_config"]) != wanted:
+        raise IntradaError(
+            f"{init_path}: model is {meta['arch']} {meta['arch_config']}; params.yaml model "
+            f"section asks for {wanted[0]} {wanted[1]} (re-run the earlier stage)"
+        )
+    return model, {
+        "path": Path(init_path).as_posix(),
+        "stage": meta["stage"],
+        "params_sha256": meta["params_sha256"],
+    }
+
+
+def run_training(
+    *,
+    stage: str,
+    cfg: TrainParams,
+    seed: int,
+    model_params: ModelParams,
+    classes: ClassSet,
+    source_index: Path,
+    target_index: Path | None,
+    init_path: Path | None,
+    model_out: Path,
+    live_dir: Path,
+    params: dict[str, Any],
+    root: Path = Path("."),
+) -> nn.Module:
+    """Train on a labelled source-like index (and an unlabelled target index unless the
+    method is source_only), log curves with dvclive and save the model with provenance."""
+    source_table = load_index(source_index, labelled=True)
+    source = SegmentationSet(source_table, classes, root, labelled=True)
+    target = None
+    if cfg.method != "source_only":
+        if target_index is None:
+            raise IntradaError(f"{stage}.method = {cfg.method} needs a target index")
+        target = SegmentationSet(
+            load_index(target_index, labelled=False), classes, root, labelled=False
+        )
+    model, init_from = initial_model(model_params, classes, seed, init_path)
+    log.info(
+        "%s: %s training, %d iterations, %d source-like%s images, start: %s",
+        stage,
+        cfg.method,
+        cfg.iterations,
+        len(source),
+        f" / {len(target)} target" if target is not None else "",
+        init_from["path"] if init_from else "scratch",
+    )
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    with atomic_path(live_dir) as tmp_live, LiveLog(tmp_live) as on_log:
+        train(model, source, target, cfg, seed, on_log=on_log)
+    meta = model_meta(
+        arch=model_params.name,
+        arch_config=arch_config(model_params),
+        classes=classes,
+        stage=stage,
+        params=params,
+        init_from=init_from,
+    )
+    save_model(model_out, model, meta)
+    log.info("%s: wrote %s (params %s)", stage, model_out, params_hash(params)[:12])
+    return model
+
+
+class LiveLog:
+    """Training curves through dvclive: `train/<loss>` per logged iteration."""
+
+    def __init__(self, directory: Path):
+        self.directory = directory
+
+    def __enter__(self) -> LiveLog:
+        from dvclive import Live  # imported here: slow, and only training needs it
+
+        # dvcyaml=False: dvc.yaml declares these files itself (dvclive would rewrite it).
+        self.live = Live(dir=str(self.directory), dvcyaml=False, save_dvc_exp=False)
+        return self
+
+    def __call__(self, iteration: int, values: dict[str, float]) -> None:
+        self.live.step = iteration
+        for key, value in values.items():
+            self.live.log_metric(f"train/{key}", value)
+        self.live.next_step()
+
+    def __exit__(self, *exc) -> None:
+        self.live.end()

@@ -1,0 +1,253 @@
+"""Training: one adaptation step serves source-only, AdvEnt and MinEnt training, for
+inter- and intra-domain adaptation alike; only the data fed to it differ.
+
+The "source-like" side carries labels (source labels, or pseudo-labels of the easy
+split); the target side carries none (target-train, or the hard split).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from intrada.config import TrainParams
+from intrada.data import EndlessBatches, SegmentationSet, loader
+from intrada.entropy import self_information
+from intrada.losses import (
+    SOURCE_LABEL,
+    TARGET_LABEL,
+    adversarial_loss,
+    entropy_loss,
+    segmentation_loss,
+)
+from intrada.models import EntropyDiscriminator
+
+log = logging.getLogger(__name__)
+
+# Sampler streams: source-like and target batches follow independent orders.
+SOURCE_STREAM, TARGET_STREAM = 1, 2
+# AdvEnt's discriminator optimiser: Adam with beta2 = 0.99.
+DISC_BETAS = (0.9, 0.99)
+
+
+def poly_lr(base_lr: float, it: int, total: int, power: float) -> float:
+    """DeepLab's "poly" schedule: base_lr * (1 - it / total) ** power."""
+    return base_lr * (1.0 - it / total) ** power
+
+
+def upsample(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Class scores resized to an image size (losses and maps live at input resolution)."""
+    if tuple(logits.shape[-2:]) == tuple(size):
+        return logits
+    return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+
+
+def freeze_batchnorm(model: nn.Module) -> None:
+    """BatchNorm keeps its running statistics and affine parameters (call after .train())."""
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.eval()
+            for p in module.parameters():
+                p.requires_grad_(False)
+
+
+def make_optimizer(model: nn.Module, cfg: TrainParams) -> torch.optim.Optimizer:
+    """SGD or Adam over the model's parameter groups, each with its lr multiplier."""
+    groups = [
+        {"params": [p for p in params if p.requires_grad], "lr": cfg.lr * mult, "lr_mult": mult}
+        for params, mult in model.param_groups()
+    ]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(
+            groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+        )
+    return torch.optim.Adam(
+        groups, lr=cfg.lr, betas=(cfg.momentum, 0.999), weight_decay=cfg.weight_decay
+    )
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group.get("lr_mult", 1.0)
+
+
+@dataclass
+class Discriminators:
+    """AdvEnt's two discriminators (main and auxiliary head) and their optimiser."""
+
+    main: EntropyDiscriminator
+    aux: EntropyDiscriminator
+    optimizer: torch.optim.Optimizer
+
+    @classmethod
+    def create(cls, num_classes: int, cfg: TrainParams) -> Discriminators:
+        main = EntropyDiscriminator(num_classes, cfg.disc_channels)
+        aux = EntropyDiscriminator(num_classes, cfg.disc_channels)
+        params = list(main.parameters()) + list(aux.parameters())
+        return cls(main, aux, torch.optim.Adam(params, lr=cfg.lr_disc, betas=DISC_BETAS))
+
+    def requires_grad(self, flag: bool) -> None:
+        for p in list(self.main.parameters()) + list(self.aux.parameters()):
+            p.requires_grad_(flag)
+
+
+class AdaptationStep:
+    """One optimisation step of the segmentation network (and discriminators).
+
+    1. Source-like batch: cross-entropy on the main head plus `lambda_seg_aux` times the
+       auxiliary head's.
+    2. Target batch (advent / minent): self-information maps I of both heads; advent
+       asks the frozen discriminators to call them "source", minent minimises entropy.
+    3. advent: the discriminators learn source maps = 0, target maps = 1, reusing the
+       maps computed above (detached) instead of running the network again.
+    """
+
+    def __init__(self, model: nn.Module, cfg: TrainParams, num_classes: int):
+        self.model, self.cfg = model, cfg
+        self.optimizer = make_optimizer(model, cfg)
+        self.discs = Discriminators.create(num_classes, cfg) if cfg.method == "advent" else None
+
+    def set_iteration(self, it: int) -> None:
+        set_lr(self.optimizer, poly_lr(self.cfg.lr, it, self.cfg.iterations, self.cfg.poly_power))
+        if self.discs is not None:
+            set_lr(
+                self.discs.optimizer,
+                poly_lr(self.cfg.lr_disc, it, self.cfg.iterations, self.cfg.poly_power),
+            )
+
+    def __call__(self, src: dict, trg: dict | None) -> dict[str, float]:
+        cfg, losses = self.cfg, {}
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.discs is not None:
+            self.discs.requires_grad(False)
+
+        size_src = tuple(src["image"].shape[-2:])
+        pred_src_aux, pred_src_main = (upsample(p, size_src) for p in self.model(src["image"]))
+        loss_seg_src_main = segmentation_loss(pred_src_main, src["label"])
+        loss_seg_src_aux = segmentation_loss(pred_src_aux, src["label"])
+        # Backward per domain, as the reference code does: frees the source graph first.
+        (loss_seg_src_main + cfg.lambda_seg_aux * loss_seg_src_aux).backward()
+        losses["loss_seg_src_main"] = loss_seg_src_main.item()
+        losses["loss_seg_src_aux"] = loss_seg_src_aux.item()
+
+        if cfg.method != "source_only":
+            size_trg = tuple(trg["image"].shape[-2:])
+            pred_trg_aux, pred_trg_main = (upsample(p, size_trg) for p in self.model(trg["image"]))
+            prob_trg_main = F.softmax(pred_trg_main, dim=1)
+            prob_trg_aux = F.softmax(pred_trg_aux, dim=1)
+            if cfg.method == "advent":
+                info_trg_main = self_information(prob_trg_main)
+                info_trg_aux = self_information(prob_trg_aux)
+                loss_adv_trg_main = adversarial_loss(self.discs.main(info_trg_main), SOURCE_LABEL)
+                loss_adv_trg_aux = adversarial_loss(self.discs.aux(info_trg_aux), SOURCE_LABEL)
+                (
+                    cfg.lambda_adv_main * loss_adv_trg_main + cfg.lambda_adv_aux * loss_adv_trg_aux
+                ).backward()
+                losses["loss_adv_trg_main"] = loss_adv_trg_main.item()
+                losses["loss_adv_trg_aux"] = loss_adv_trg_aux.item()
+            else:
+                loss_ent_trg_main = entropy_loss(prob_trg_main)
+                loss_ent_trg_aux = entropy_loss(prob_trg_aux)
+                (
+                    cfg.lambda_ent_main * loss_ent_trg_main + cfg.lambda_ent_aux * loss_ent_trg_aux
+                ).backward()
+                losses["loss_ent_trg_main"] = loss_ent_trg_main.item()
+                losses["loss_ent_trg_aux"] = loss_ent_trg_aux.item()
+        self.optimizer.step()
+
+        if self.discs is not None:
+            losses.update(
+                self._discriminator_step(
+                    pred_src_main.detach(),
+                    pred_src_aux.detach(),
+                    info_trg_main.detach(),
+                    info_trg_aux.detach(),
+                )
+            )
+        return losses
+
+    def _discriminator_step(self, pred_src_main, pred_src_aux, info_trg_main, info_trg_aux):
+        discs = self.discs
+        discs.requires_grad(True)
+        discs.optimizer.zero_grad(set_to_none=True)
+        info_src_main = self_information(F.softmax(pred_src_main, dim=1))
+        info_src_aux = self_information(F.softmax(pred_src_aux, dim=1))
+        loss_d_main = (
+            adversarial_loss(discs.main(info_src_main), SOURCE_LABEL)
+            + adversarial_loss(discs.main(info_trg_main), TARGET_LABEL)
+        ) / 2
+        loss_d_aux = (
+            adversarial_loss(discs.aux(info_src_aux), SOURCE_LABEL)
+            + adversarial_loss(discs.aux(info_trg_aux), TARGET_LABEL)
+        ) / 2
+        (loss_d_main + loss_d_aux).backward()
+        discs.optimizer.step()
+        return {"loss_d_main": loss_d_main.item(), "loss_d_aux": loss_d_aux.item()}
+
+
+def train(
+    model: nn.Module,
+    source: SegmentationSet,
+    target: SegmentationSet | None,
+    cfg: TrainParams,
+    seed: int,
+    on_log: Callable[[int, dict[str, float]], None] | None = None,
+) -> nn.Module:
+    """Train `model` in place for `cfg.iterations` steps and return it.
+
+    `on_log(iteration, mean_losses)` is called every `cfg.log_every` iterations and at
+    the end, with the losses averaged since the previous call and the learning rate.
+    """
+    if cfg.method != "source_only" and target is None:
+        raise ValueError(f"method {cfg.method} needs a target set")
+    torch.manual_seed(seed)  # discriminator initialisation
+    step = AdaptationStep(model, cfg, source.num_classes)
+    model.train()
+    if cfg.freeze_bn:
+        freeze_batchnorm(model)
+
+    def batches(dataset, stream):
+        sampler = EndlessBatches(
+            len(dataset), cfg.batch_size, seed, stream, cfg.hflip, stop=cfg.iterations
+        )
+        return iter(loader(dataset, sampler))
+
+    src_iter = batches(source, SOURCE_STREAM)
+    trg_iter = batches(target, TARGET_STREAM) if cfg.method != "source_only" else None
+    window: dict[str, list[float]] = {}
+    bar = tqdm(
+        range(cfg.iterations),
+        desc="train",
+        unit="it",
+        file=sys.stderr,
+        disable=None,
+        dynamic_ncols=True,
+    )
+    for it in bar:
+        step.set_iteration(it)
+        losses = step(next(src_iter), next(trg_iter) if trg_iter is not None else None)
+        for key, value in losses.items():
+            window.setdefault(key, []).append(value)
+        last = it + 1 == cfg.iterations
+        if (it + 1) % cfg.log_every == 0 or last:
+            means = {k: sum(v) / len(v) for k, v in window.items()}
+            means["lr"] = step.optimizer.param_groups[0]["lr"]
+            bar.set_postfix(seg=f"{means['loss_seg_src_main']:.3f}")
+            if not sys.stderr.isatty():
+                log.info(
+                    "iteration %d/%d %s",
+                    it + 1,
+                    cfg.iterations,
+                    " ".join(f"{k}={v:.4g}" for k, v in means.items()),
+                )
+            if on_log is not None:
+                on_log(it + 1, means)
+            window.clear()
+    return model

@@ -1,0 +1,31 @@
+"""Stage check_params: validate all of params.yaml before any other stage runs.
+
+DVC deletes a stage's outputs before running it, so a stage that rejects its own
+params has already lost its previous outputs. This stage runs first (every other
+stage depends on its stamp) and stops the pipeline on a bad value. Its stamp never
+changes while params are valid, so a valid change invalidates nothing by itself.
+"""
+
+import argparse
+from pathlib import Path
+
+from intrada.cli import run_stage
+from intrada.config import check_all, read_params
+from intrada.io import atomic_path
+
+STAMP = "params.yaml passed validation (this text is constant on purpose).\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"))
+    parser.add_argument("--stamp", type=Path, required=True)
+    args = parser.parse_args()
+    check_all(read_params(args.params))
+    if not args.stamp.is_file() or args.stamp.read_text() != STAMP:
+        with atomic_path(args.stamp) as tmp:
+            tmp.write_text(STAMP)
+
+
+if __name__ == "__main__":
+    run_stage(main)

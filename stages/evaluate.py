@@ -1,0 +1,50 @@
+"""Stage evaluate: per-class IoU and mIoU on target-val of the source-only, inter and
+intra models, their confusion matrices, and image panels."""
+
+import argparse
+from pathlib import Path
+
+from intrada.checkpoint import load_model
+from intrada.classes import dataset_classes
+from intrada.cli import run_stage
+from intrada.config import get, read_params
+from intrada.data import SegmentationSet, load_index
+from intrada.evaluation import write_report
+
+MODELS = ("source_only", "inter", "intra")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    for name in MODELS:
+        parser.add_argument(f"--{name.replace('_', '-')}-model", type=Path, required=True)
+    parser.add_argument("--val", type=Path, required=True, help="labelled index table")
+    parser.add_argument("--metrics", type=Path, required=True, help="JSON file")
+    parser.add_argument("--confusion-dir", type=Path, required=True)
+    parser.add_argument("--iou-dir", type=Path, required=True)
+    parser.add_argument("--panels-dir", type=Path, required=True)
+    args = parser.parse_args()
+    raw = read_params()
+    data, cfg = get(raw, "data"), get(raw, "evaluate")
+    classes = dataset_classes(data.name)
+    dataset = SegmentationSet(
+        load_index(args.val, labelled=True), classes, Path("."), labelled=True
+    )
+    models = {name: load_model(getattr(args, f"{name}_model"), classes)[0] for name in MODELS}
+    report = write_report(
+        models,
+        dataset,
+        classes,
+        cfg.batch_size,
+        cfg.num_panels,
+        args.metrics,
+        args.confusion_dir,
+        args.iou_dir,
+        args.panels_dir,
+    )
+    for name in MODELS:
+        print(f"{name:12s} mIoU {report[name]['mIoU']}")
+
+
+if __name__ == "__main__":
+    run_stage(main)

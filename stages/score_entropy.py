@@ -1,0 +1,38 @@
+"""Stage score_entropy: run the inter model over target-train and write one entropy map
+and one predicted label PNG per image, and the scores table ranked on next."""
+
+import argparse
+from pathlib import Path
+
+from intrada.checkpoint import load_model
+from intrada.classes import dataset_classes
+from intrada.cli import run_stage
+from intrada.config import get, read_params
+from intrada.data import SegmentationSet, load_index
+from intrada.inference import score_images
+from intrada.io import atomic_path, write_parquet
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, required=True)
+    parser.add_argument("--target", type=Path, required=True, help="unlabelled index table")
+    parser.add_argument("--maps", type=Path, required=True, help="entropy maps folder")
+    parser.add_argument("--predictions", type=Path, required=True, help="label PNG folder")
+    parser.add_argument("--scores", type=Path, required=True, help="scores table (Parquet)")
+    args = parser.parse_args()
+    raw = read_params()
+    data, cfg = get(raw, "data"), get(raw, "inference")
+    classes = dataset_classes(data.name)
+    table = load_index(args.target, labelled=False)
+    model, _ = load_model(args.model, classes)
+    dataset = SegmentationSet(table, classes, Path("."), labelled=False)
+    with atomic_path(args.maps) as maps, atomic_path(args.predictions) as preds:
+        scores = score_images(
+            model, dataset, table, classes, cfg.batch_size, maps, preds, args.maps, args.predictions
+        )
+    write_parquet(args.scores, scores)
+
+
+if __name__ == "__main__":
+    run_stage(main)

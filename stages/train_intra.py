@@ -1,0 +1,53 @@
+"""Stage train_intra: intra-domain adaptation, the easy split with its pseudo-labels as
+the source-like side against the hard split as the target."""
+
+import argparse
+from pathlib import Path
+
+from intrada.classes import dataset_classes
+from intrada.cli import run_stage
+from intrada.config import as_dict, get, read_params
+from intrada.runs import run_training
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--pseudo-labels",
+        type=Path,
+        required=True,
+        help="index table of the easy split with pseudo-labels",
+    )
+    parser.add_argument("--hard", type=Path, required=True, help="hard split table")
+    parser.add_argument(
+        "--source-only-model",
+        type=Path,
+        required=True,
+        help="start point when intra.init = source_only",
+    )
+    parser.add_argument(
+        "--inter-model", type=Path, required=True, help="start point when intra.init = inter"
+    )
+    parser.add_argument("--model-out", type=Path, required=True)
+    parser.add_argument("--live-dir", type=Path, required=True)
+    args = parser.parse_args()
+    raw = read_params()
+    sections = {name: get(raw, name) for name in ("seed", "lambda", "data", "model", "intra")}
+    cfg = sections["intra"]
+    run_training(
+        stage="intra",
+        cfg=cfg,
+        seed=sections["seed"],
+        model_params=sections["model"],
+        classes=dataset_classes(sections["data"].name),
+        source_index=args.pseudo_labels,
+        target_index=args.hard,
+        init_path={"source_only": args.source_only_model, "inter": args.inter_model}.get(cfg.init),
+        model_out=args.model_out,
+        live_dir=args.live_dir,
+        params={k: as_dict(v) for k, v in sections.items()},
+    )
+
+
+if __name__ == "__main__":
+    run_stage(main)

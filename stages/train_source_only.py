@@ -1,0 +1,36 @@
+"""Stage train_source_only: the baseline, trained on labelled source images only."""
+
+import argparse
+from pathlib import Path
+
+from intrada.classes import dataset_classes
+from intrada.cli import run_stage
+from intrada.config import as_dict, get, read_params
+from intrada.runs import run_training
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--source", type=Path, required=True, help="labelled index table")
+    parser.add_argument("--model-out", type=Path, required=True)
+    parser.add_argument("--live-dir", type=Path, required=True)
+    args = parser.parse_args()
+    raw = read_params()
+    sections = {name: get(raw, name) for name in ("seed", "data", "model", "source_only")}
+    run_training(
+        stage="source_only",
+        cfg=sections["source_only"],
+        seed=sections["seed"],
+        model_params=sections["model"],
+        classes=dataset_classes(sections["data"].name),
+        source_index=args.source,
+        target_index=None,
+        init_path=None,
+        model_out=args.model_out,
+        live_dir=args.live_dir,
+        params={k: as_dict(v) for k, v in sections.items()},
+    )
+
+
+if __name__ == "__main__":
+    run_stage(main)
