@@ -244,9 +244,11 @@ def check_split_sizes(num_images: int, lam: float) -> None:
 
 
 def as_dict(obj: Any) -> Any:
-    """A params object as plain YAML/JSON types (for provenance)."""
+    """A params object as plain YAML/JSON types (for provenance); unset optional keys
+    (None) are left out, as they were in params.yaml."""
     if dataclasses.is_dataclass(obj):
-        return {f.name: as_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        values = {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
+        return {k: as_dict(v) for k, v in values.items() if v is not None}
     if isinstance(obj, tuple):
         return [as_dict(v) for v in obj]
     return obj

@@ -16,7 +16,7 @@ from intrada.classes import ClassSet
 from intrada.data import SegmentationSet, in_order, loader
 from intrada.entropy import entropy_map
 from intrada.io import write_label_png
-from intrada.training import upsample
+from intrada.models import upsample
 
 
 @torch.no_grad()

@@ -27,7 +27,7 @@ from intrada.losses import (
     entropy_loss,
     segmentation_loss,
 )
-from intrada.models import EntropyDiscriminator
+from intrada.models import EntropyDiscriminator, upsample
 
 log = logging.getLogger(__name__)
 
@@ -40,13 +40,6 @@ DISC_BETAS = (0.9, 0.99)
 def poly_lr(base_lr: float, it: int, total: int, power: float) -> float:
     """DeepLab's "poly" schedule: base_lr * (1 - it / total) ** power."""
     return base_lr * (1.0 - it / total) ** power
-
-
-def upsample(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Class scores resized to an image size (losses and maps live at input resolution)."""
-    if tuple(logits.shape[-2:]) == tuple(size):
-        return logits
-    return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
 
 
 def freeze_batchnorm(model: nn.Module) -> None:

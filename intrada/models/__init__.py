@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import torch
+import torch.nn.functional as F
 from torch import nn
 
 from intrada.models.discriminator import EntropyDiscriminator
@@ -18,4 +20,12 @@ def build_model(name: str, num_classes: int, **arch_config) -> nn.Module:
     return ARCHITECTURES[name](num_classes, **arch_config)
 
 
-__all__ = ["ARCHITECTURES", "EntropyDiscriminator", "SmallSegNet", "build_model"]
+def upsample(scores: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Class scores resized (bilinear) to an image size: losses, entropy maps and
+    predictions live at image resolution, the networks' outputs at a fraction of it."""
+    if tuple(scores.shape[-2:]) == tuple(size):
+        return scores
+    return F.interpolate(scores, size=size, mode="bilinear", align_corners=False)
+
+
+__all__ = ["ARCHITECTURES", "EntropyDiscriminator", "SmallSegNet", "build_model", "upsample"]

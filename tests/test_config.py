@@ -1,0 +1,95 @@
+import pytest
+import yaml
+
+from intrada.config import ParamsError, check_all, get, read_params
+from tests.conftest import REPO, tiny_params, write_params
+
+
+def check(tmp_path, params):
+    check_all(read_params(write_params(tmp_path, params)))
+
+
+def test_repository_params_are_valid():
+    check_all(read_params(REPO / "params.yaml"))
+
+
+@pytest.mark.parametrize("value", [1.5, 0, 1.0, -0.2, "half"])
+def test_lambda_outside_zero_one_names_lambda(tmp_path, params, value):
+    params["lambda"] = value
+    with pytest.raises(ParamsError, match=r"lambda = .* expected") as info:
+        check(tmp_path, params)
+    assert "\n" not in str(info.value)
+
+
+def test_lambda_that_leaves_a_split_empty_is_refused(tmp_path, params):
+    params["lambda"] = 0.05  # int(10 * 0.05) = 0 easy images
+    with pytest.raises(ParamsError, match="lambda.*both splits non-empty"):
+        check(tmp_path, params)
+
+
+def test_unknown_top_level_key_suggests_the_known_one(tmp_path, params):
+    params["lamda"] = params.pop("lambda")
+    with pytest.raises(ParamsError, match=r"unknown key lamda \(did you mean lambda\?\)"):
+        check(tmp_path, params)
+
+
+def test_unknown_nested_key_is_named_with_its_section(tmp_path, params):
+    params["inter"]["iteration"] = 3
+    with pytest.raises(ParamsError, match=r"unknown key inter\.iteration"):
+        check(tmp_path, params)
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value", "message"),
+    [
+        ("model", "name", "resnet", r"model\.name = 'resnet' .* one of small"),
+        ("inter", "method", "fda", r"inter\.method = 'fda' .* one of source_only, advent, minent"),
+        ("data", "num_source", 0, r"data\.num_source = 0 .* positive"),
+        ("data", "num_target_val", -3, r"data\.num_target_val = -3"),
+        ("intra", "iterations", 0, r"intra\.iterations = 0 .* positive"),
+        ("source_only", "batch_size", 2.5, r"source_only\.batch_size = 2\.5 .* an integer"),
+        ("inter", "init", "inter", r"inter\.init = 'inter' .* one of scratch, source_only"),
+        ("source_only", "method", "advent", r"source_only\.method = 'advent'"),
+        ("inter", "freeze_bn", "yes please", r"inter\.freeze_bn .* true or false"),
+        ("data", "height", 30, r"data\.height = 30 .* multiple of 8"),
+    ],
+)
+def test_bad_values_fail_with_one_line_naming_the_key(
+    tmp_path, params, section, key, value, message
+):
+    params[section][key] = value
+    with pytest.raises(ParamsError, match=message) as info:
+        check(tmp_path, params)
+    assert "\n" not in str(info.value)
+
+
+def test_method_keys_are_required_only_for_the_method_in_use(tmp_path, params):
+    del params["inter"]["lr_disc"]
+    with pytest.raises(ParamsError, match=r"inter\.lr_disc is missing: method advent needs it"):
+        check(tmp_path, params)
+    params["inter"]["method"] = "minent"
+    check(tmp_path, params)  # MinEnt has no discriminator
+
+
+def test_missing_key_is_named(tmp_path, params):
+    del params["evaluate"]["num_panels"]
+    with pytest.raises(ParamsError, match=r"evaluate\.num_panels is missing"):
+        check(tmp_path, params)
+
+
+def test_exponent_floats_written_by_dvc_are_numbers(tmp_path, params):
+    # DVC writes `-S inter.lr=1e-4` as 1e-4, which YAML 1.1 (PyYAML) reads as a string.
+    path = write_params(tmp_path, params)
+    path.write_text(path.read_text().replace("lr: 0.0001", "lr: 1e-4"))
+    raw = read_params(path)
+    assert raw["inter"]["lr"] == "1e-4"
+    assert get(raw, "inter").lr == pytest.approx(1e-4)
+
+
+def test_sections_parse_into_typed_objects():
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    inter = get(raw, "inter")
+    assert inter.disc_channels == tuple(raw["inter"]["disc_channels"])
+    assert isinstance(inter.lr, float) and isinstance(inter.iterations, int)
+    assert get(raw, "lambda") == raw["lambda"]
+    assert tiny_params()["data"]["num_target_train"] == 10

@@ -1,0 +1,127 @@
+"""The real thing: `dvc repro` and `dvc exp run` of the tiny profile in a fresh git repo."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from intrada.checkpoint import load_model
+from tests.conftest import REPO, tiny_params, write_params
+from tests.pipeline import dvc_stages
+
+pytestmark = pytest.mark.slow
+
+PROJECT_FILES = (
+    "intrada",
+    "stages",
+    "dvc.yaml",
+    ".dvcignore",
+    ".gitignore",
+    ".dvc/config",
+    ".dvc/.gitignore",
+)
+
+
+def run(args: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    # Stage commands call `python`: the interpreter running the tests must come first.
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env.pop("PYTHONPATH", None)
+    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def ran_stages(result: subprocess.CompletedProcess) -> list[str]:
+    return re.findall(r"Running stage '([^']+)'", result.stdout + result.stderr)
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory) -> Path:
+    """A git repository holding the project's code and the tiny params, reproduced once."""
+    root = tmp_path_factory.mktemp("repo")
+    for name in PROJECT_FILES:
+        source, target = REPO / name, root / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if source.is_dir():
+            shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(source, target)
+    write_params(root, tiny_params())
+    run(["git", "init", "-q", "-b", "main"], root)
+    run(["git", "config", "user.email", "test@example.com"], root)
+    run(["git", "config", "user.name", "test"], root)
+    run(["git", "add", "-A"], root)
+    run(["git", "commit", "-qm", "tiny project"], root)
+    first = run(["dvc", "repro"], root)
+    assert ran_stages(first) == list(dvc_stages())  # every stage, in DAG order
+    run(["git", "add", "-A"], root)
+    run(["git", "commit", "-qm", "reproduced"], root)
+    return root
+
+
+def test_repro_builds_every_output(repo):
+    easy = pd.read_parquet(repo / "data/splits/easy.parquet")
+    assert {"image_id", "image_path", "entropy", "score", "rank", "split"} <= set(easy.columns)
+    report = json.loads((repo / "metrics/eval.json").read_text())
+    assert set(report) == {"source_only", "inter", "intra"}
+
+
+def test_second_repro_with_nothing_changed_runs_nothing(repo):
+    result = run(["dvc", "repro"], repo)
+    assert ran_stages(result) == []
+    assert run(["dvc", "status"], repo).stdout.strip() == "Data and pipelines are up to date."
+
+
+def test_metrics_show_lists_the_evaluation(repo):
+    shown = json.loads(run(["dvc", "metrics", "show", "--json"], repo).stdout)
+    (workspace,) = shown.values()  # keyed by revision; the workspace is the only one
+    metrics = workspace["data"]["metrics/eval.json"]["data"]
+    assert set(metrics) == {"source_only", "inter", "intra"}
+
+
+def test_plots_show_renders_curves_iou_and_panels(repo):
+    shown = json.loads(run(["dvc", "plots", "show", "--json"], repo).stdout)["data"]
+    assert "Per-class IoU on target-val (%)" in shown
+    assert any(k.startswith("plots/panels/") and k.endswith(".png") for k in shown)
+    assert any(k.startswith("dvclive/inter/plots/metrics/") for k in shown)
+
+
+def test_changing_lambda_reruns_only_what_lambda_touches(repo):
+    before = (repo / "models/inter/model.pt").read_bytes()
+    intra_before = load_model(repo / "models/intra/model.pt")[0].state_dict()
+    result = run(["dvc", "exp", "run", "-S", "lambda=0.5"], repo)
+    # check_params re-validates the file (a constant stamp, so it invalidates nothing).
+    assert ran_stages(result) == [
+        "check_params",
+        "rank_splits",
+        "pseudo_labels",
+        "train_intra",
+        "evaluate",
+    ]
+    assert len(pd.read_parquet(repo / "data/splits/easy.parquet")) == 5
+    assert (repo / "models/inter/model.pt").read_bytes() == before
+    intra_after, meta = load_model(repo / "models/intra/model.pt")
+    assert meta["params"]["lambda"] == 0.5
+    assert any(not torch.equal(v, intra_after.state_dict()[k]) for k, v in intra_before.items())
+    shown = run(["dvc", "exp", "show", "--json"], repo).stdout
+    assert "intra" in shown and "mIoU" in shown
+
+
+def test_invalid_lambda_stops_the_pipeline_before_any_output_is_removed(repo):
+    easy = (repo / "data/splits/easy.parquet").read_bytes()
+    result = run(["dvc", "exp", "run", "-S", "lambda=1.5"], repo, check=False)
+    assert result.returncode != 0
+    assert ran_stages(result) == ["check_params"]
+    assert "error: params.yaml: lambda = 1.5 is invalid" in result.stderr + result.stdout
+    assert (repo / "data/splits/easy.parquet").read_bytes() == easy
+    run(["git", "checkout", "params.yaml"], repo)

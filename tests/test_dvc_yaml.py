@@ -1,0 +1,67 @@
+"""dvc.yaml declares, for each stage, all the project code it runs."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+from tests.conftest import REPO
+from tests.pipeline import dvc_stages, stage_argv
+
+
+def module_file(name: str) -> Path | None:
+    path = REPO / Path(*name.split("."))
+    if (path / "__init__.py").is_file():
+        return path / "__init__.py"
+    if path.with_suffix(".py").is_file():
+        return path.with_suffix(".py")
+    return None
+
+
+def project_imports(module: str) -> set[Path]:
+    """Files of the project modules `module` imports, transitively (including imports
+    inside functions and parent packages)."""
+    seen: set[Path] = set()
+    todo = [module]
+    while todo:
+        name = todo.pop()
+        parts = name.split(".")
+        for i in range(1, len(parts) + 1):  # a module's packages run their __init__ too
+            path = module_file(".".join(parts[:i]))
+            if path is None or path in seen:
+                continue
+            seen.add(path)
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.Import):
+                    todo += [a.name for a in node.names]
+                elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                    todo.append(node.module)
+                    todo += [f"{node.module}.{a.name}" for a in node.names]
+    return {p for p in seen if p.parts[len(REPO.parts)] in ("intrada", "stages")}
+
+
+def covered(path: Path, deps: list[str]) -> bool:
+    rel = path.relative_to(REPO)
+    return any(rel == Path(d) or Path(d) in rel.parents for d in deps)
+
+
+def test_every_imported_project_file_is_a_declared_dependency():
+    missing = {}
+    for name, stage in dvc_stages().items():
+        module, _ = stage_argv(stage)
+        deps = [d for d in stage["deps"] if isinstance(d, str)]
+        absent = sorted(
+            str(p.relative_to(REPO))
+            for p in project_imports(module)
+            if not covered(p, deps) and p != REPO / "stages" / "__init__.py"  # empty
+        )
+        if absent:
+            missing[name] = absent
+    assert missing == {}
+
+
+def test_declared_code_dependencies_exist():
+    for name, stage in dvc_stages().items():
+        for dep in stage["deps"]:
+            if dep.startswith(("intrada", "stages")):
+                assert (REPO / dep).exists(), f"{name}: {dep}"

@@ -1,0 +1,72 @@
+import pytest
+import torch
+
+from intrada.checkpoint import load_model, model_meta, save_model
+from intrada.classes import class_set, dataset_classes
+from intrada.errors import IntradaError
+from intrada.models import EntropyDiscriminator, build_model
+
+
+def test_small_network_returns_aux_and_main_scores_at_quarter_resolution():
+    model = build_model("small", 8, width=4)
+    aux, main = model(torch.rand(2, 3, 32, 64))
+    assert aux.shape == main.shape == (2, 8, 8, 16)
+
+
+def test_small_network_is_invariant_to_image_brightness_and_contrast():
+    # Per-image standardisation: a darker, lower-contrast copy gives the same scores.
+    model = build_model("small", 8, width=4).eval()
+    image = torch.rand(1, 3, 32, 64)
+    with torch.no_grad():
+        _, a = model(image)
+        _, b = model(0.1 + 0.5 * image)
+    assert torch.allclose(a, b, atol=1e-3)
+
+
+def test_discriminator_halves_the_size_per_layer():
+    disc = EntropyDiscriminator(8, (4, 8, 16))
+    assert disc(torch.rand(2, 8, 32, 64)).shape == (2, 1, 2, 4)
+
+
+def test_unknown_architecture_is_refused():
+    with pytest.raises(ValueError, match="unknown model 'resnet'"):
+        build_model("resnet", 8)
+
+
+def save_small(path, classes=None):
+    classes = classes or dataset_classes("synthetic")
+    model = build_model("small", len(classes), width=4)
+    meta = model_meta(
+        arch="small",
+        arch_config={"width": 4},
+        classes=classes,
+        stage="inter",
+        params={"seed": 0},
+        init_from=None,
+    )
+    save_model(path, model, meta)
+    return model
+
+
+def test_model_file_round_trips_with_provenance(tmp_path):
+    model = save_small(tmp_path / "model.pt")
+    loaded, meta = load_model(tmp_path / "model.pt", dataset_classes("synthetic"))
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, loaded.state_dict()[key])
+    assert meta["arch"] == "small" and meta["arch_config"] == {"width": 4}
+    assert meta["class_names"][0] == "road" and meta["train_ids"][-1] == 13
+    assert meta["params"] == {"seed": 0} and len(meta["params_sha256"]) == 64
+    assert {"torch", "numpy", "python", "intrada"} <= set(meta["versions"])
+    assert set(meta["git"]) == {"commit", "code_modified"}
+
+
+def test_model_of_other_classes_is_refused(tmp_path):
+    save_small(tmp_path / "model.pt", class_set(["road", "sky"]))
+    with pytest.raises(IntradaError, match="model predicts classes"):
+        load_model(tmp_path / "model.pt", dataset_classes("synthetic"))
+
+
+def test_unreadable_model_file_is_named(tmp_path):
+    (tmp_path / "model.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(IntradaError, match="model.pt: not a readable model file"):
+        load_model(tmp_path / "model.pt")

@@ -1,0 +1,185 @@
+"""Every stage on tiny inputs, run in-process with the arguments dvc.yaml gives it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from intrada.checkpoint import load_model
+from intrada.classes import dataset_classes
+from tests.conftest import REPO, tiny_params, write_params
+from tests.pipeline import dvc_stages, run_pipeline, run_stage, tree_digest
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    """A directory where the whole pipeline ran once on the tiny profile."""
+    directory = tmp_path_factory.mktemp("project")
+    accessed: dict[str, set] = {}
+    run_pipeline(directory, tiny_params(), accessed)
+    return directory, accessed
+
+
+def test_generate_data_writes_the_three_sets(project):
+    root, _ = project
+    p = tiny_params()["data"]
+    sizes = {
+        "source": p["num_source"],
+        "target_train": p["num_target_train"],
+        "target_train_gt": p["num_target_train"],
+        "target_val": p["num_target_val"],
+    }
+    for name, size in sizes.items():
+        assert len(pd.read_parquet(root / "data" / name / "index.parquet")) == size
+    image = Image.open(root / "data/target_train/images/target_train_000000.png")
+    assert image.size == (p["width"], p["height"]) and image.mode == "RGB"
+
+
+def test_training_stages_write_models_with_provenance_and_curves(project):
+    root, _ = project
+    classes = dataset_classes("synthetic")
+    metas = {}
+    for stage in ("source_only", "inter", "intra"):
+        _, meta = load_model(root / "models" / stage / "model.pt", classes)
+        metas[stage] = meta
+        assert meta["stage"] == stage and meta["arch"] == "small"
+        assert meta["class_names"] == list(classes.names)
+        assert meta["params"][stage] == tiny_params()[stage]
+        assert meta["params"]["seed"] == 0 and "torch" in meta["versions"]
+        curves = root / "dvclive" / stage / "plots/metrics/train/loss_seg_src_main.tsv"
+        assert curves.read_text().splitlines()[0] == "step\tloss_seg_src_main"
+        assert (root / "dvclive" / stage / "metrics.json").is_file()
+    assert metas["source_only"]["init_from"] is None
+    assert metas["inter"]["init_from"]["path"] == "models/source_only/model.pt"
+    assert metas["intra"]["init_from"]["path"] == "models/inter/model.pt"
+    assert metas["intra"]["params"]["lambda"] == 0.67  # which split produced this model
+    assert "loss_adv_trg_main.tsv" in {
+        p.name for p in (root / "dvclive/inter/plots/metrics/train").iterdir()
+    }
+
+
+def test_score_entropy_writes_a_map_and_prediction_per_image(project):
+    root, _ = project
+    scores = pd.read_parquet(root / "data/entropy/scores.parquet")
+    assert list(scores.columns[:4]) == ["image_id", "image_path", "entropy", "score"]
+    assert len(scores) == tiny_params()["data"]["num_target_train"]
+    allowed = set(dataset_classes("synthetic").train_ids)
+    for row in scores.itertuples():
+        entropy = np.load(root / row.map_path)
+        assert entropy.shape == (32, 64) and entropy.dtype == np.float16
+        assert entropy.min() >= 0.0 and entropy.max() <= 1.0
+        assert row.entropy == pytest.approx(float(entropy.astype(np.float64).mean()), abs=1e-3)
+        prediction = np.array(Image.open(root / row.prediction_path))
+        assert set(np.unique(prediction).tolist()) <= allowed
+
+
+def test_rank_splits_writes_disjoint_easy_and_hard_tables(project):
+    root, _ = project
+    easy = pd.read_parquet(root / "data/splits/easy.parquet")
+    hard = pd.read_parquet(root / "data/splits/hard.parquet")
+    for column in ("image_id", "image_path", "entropy", "score", "rank", "split"):
+        assert column in easy.columns
+    assert len(easy) == int(10 * 0.67) and len(hard) == 10 - len(easy)
+    assert set(easy["image_id"]).isdisjoint(hard["image_id"])
+    assert sorted(easy["rank"].tolist() + hard["rank"].tolist()) == list(range(10))
+    assert easy["score"].max() <= hard["score"].min()
+
+
+def test_pseudo_labels_are_the_inter_predictions_of_the_easy_images(project):
+    root, _ = project
+    index = pd.read_parquet(root / "data/pseudo_labels/index.parquet")
+    easy = pd.read_parquet(root / "data/splits/easy.parquet")
+    assert index["image_id"].tolist() == easy["image_id"].tolist()
+    for label_path, prediction_path in zip(
+        index["label_path"], easy["prediction_path"], strict=True
+    ):
+        assert (root / label_path).read_bytes() == (root / prediction_path).read_bytes()
+
+
+def test_evaluate_writes_metrics_confusion_matrices_and_panels(project):
+    root, _ = project
+    report = json.loads((root / "metrics/eval.json").read_text())
+    names = list(dataset_classes("synthetic").names)
+    assert list(report) == ["source_only", "inter", "intra"]
+    val = pd.read_parquet(root / "data/target_val/index.parquet")
+    labelled = sum(int((np.array(Image.open(root / p)) != 255).sum()) for p in val["label_path"])
+    for model, result in report.items():
+        assert 0.0 <= result["mIoU"] <= 100.0 and list(result["IoU"]) == names
+        cm = pd.read_csv(root / f"metrics/confusion/{model}.csv", index_col=0)
+        assert list(cm.index) == names and list(cm.columns) == names
+        assert int(cm.to_numpy().sum()) == labelled  # every labelled pixel, at label size
+        iou = pd.read_csv(root / f"plots/iou/{model}.csv")
+        assert iou["class"].tolist() == names
+    assert len(list((root / "plots/panels").glob("*.png"))) == 2
+
+
+def test_stages_read_only_the_params_they_declare(project):
+    _, accessed = project
+    for name, stage in dvc_stages().items():
+        declared = {str(p).split(".")[0] for p in stage.get("params", []) if isinstance(p, str)}
+        if any(isinstance(p, dict) for p in stage.get("params", [])):
+            continue  # check_params tracks the whole file
+        assert accessed.get(name, set()) <= declared, name
+
+
+def test_same_params_and_seed_give_identical_artifacts(project, tmp_path):
+    root, _ = project
+    run_pipeline(tmp_path / "again", tiny_params())
+    assert tree_digest(tmp_path / "again") == tree_digest(root)
+
+
+def test_bad_lambda_fails_in_one_line_and_leaves_the_splits_untouched(project, tmp_path):
+    root, _ = project
+    params = tiny_params()
+    params["lambda"] = 1.5
+    write_params(root, params)
+    before = (root / "data/splits/easy.parquet").read_bytes()
+    try:
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "stages.rank_splits",
+                "--scores",
+                "data/entropy/scores.parquet",
+                "--easy",
+                "data/splits/easy.parquet",
+                "--hard",
+                "data/splits/hard.parquet",
+            ],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            env={"PYTHONPATH": str(REPO)},
+        )
+    finally:
+        write_params(root, tiny_params())
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "error: params.yaml: lambda = 1.5 is invalid: expected a number in (0, 1): "
+        "the fraction of images ranked easy"
+    ]
+    assert (root / "data/splits/easy.parquet").read_bytes() == before
+
+
+def test_a_failing_stage_leaves_no_half_written_output(project, monkeypatch):
+    root, _ = project
+    before = (root / "data/pseudo_labels/index.parquet").read_bytes()
+    import intrada.pseudo_labels as module
+
+    def fail_midway(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(module.shutil, "copyfile", fail_midway)
+    with pytest.raises(RuntimeError, match="disk full"):
+        run_stage("pseudo_labels", root)
+    assert (root / "data/pseudo_labels/index.parquet").read_bytes() == before
+    assert not [p for p in (root / "data").iterdir() if p.name.endswith(".tmp")]
+    torch.manual_seed(0)  # leave global RNG use by later tests deterministic

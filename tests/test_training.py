@@ -1,0 +1,117 @@
+import dataclasses
+
+import pytest
+import torch
+
+from intrada.config import get
+from intrada.entropy import image_entropy
+from intrada.models import build_model
+from intrada.training import AdaptationStep, freeze_batchnorm, poly_lr
+from tests.conftest import tiny_params
+
+
+def cfg(section="inter", **changes):
+    return dataclasses.replace(get(tiny_params(), section), **changes)
+
+
+def batches(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    src = {
+        "image": torch.rand(2, 3, 32, 64, generator=g),
+        "label": torch.randint(0, 8, (2, 32, 64), generator=g),
+    }
+    src["label"][:, :4] = 255  # some ignored pixels
+    trg = {"image": torch.rand(2, 3, 32, 64, generator=g)}
+    return src, trg
+
+
+def fresh_model(seed=0):
+    torch.manual_seed(seed)
+    return build_model("small", 8, width=4).train()
+
+
+def weights(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_poly_schedule():
+    assert poly_lr(1.0, 0, 100, 0.9) == 1.0
+    assert poly_lr(1.0, 50, 100, 1.0) == pytest.approx(0.5)
+    assert poly_lr(2.0, 100, 100, 0.9) == 0.0
+
+
+def test_advent_step_updates_network_and_both_discriminators():
+    model = fresh_model()
+    step = AdaptationStep(model, cfg(lr=1e-2, lr_disc=1e-2), num_classes=8)
+    before_g, before_d = weights(model), weights(step.discs.main)
+    before_aux = weights(step.discs.aux)
+    losses = step(*batches())
+    assert {"loss_seg_src_main", "loss_adv_trg_main", "loss_d_main", "loss_d_aux"} <= set(losses)
+    assert any(
+        not torch.equal(v, model.state_dict()[k])
+        for k, v in before_g.items()
+        if v.is_floating_point()
+    )
+    assert any(not torch.equal(v, step.discs.main.state_dict()[k]) for k, v in before_d.items())
+    assert any(not torch.equal(v, step.discs.aux.state_dict()[k]) for k, v in before_aux.items())
+
+
+def test_advent_with_zero_adversarial_weight_equals_source_only():
+    # The target side may only reach the network through the weighted adversarial term
+    # (with BatchNorm frozen: otherwise target batches move its running statistics).
+    src, trg = batches()
+    a, b = fresh_model(), fresh_model()
+    freeze_batchnorm(a)
+    freeze_batchnorm(b)
+    AdaptationStep(a, cfg(lambda_adv_main=0.0, lambda_adv_aux=0.0), 8)(src, trg)
+    AdaptationStep(b, cfg(method="source_only"), 8)(src, None)
+    for key, value in a.state_dict().items():
+        assert torch.equal(value, b.state_dict()[key]), key
+
+
+def test_adversarial_term_changes_the_network_update():
+    src, trg = batches()
+    a, b = fresh_model(), fresh_model()
+    torch.manual_seed(1)
+    AdaptationStep(a, cfg(lambda_adv_main=1.0), 8)(src, trg)
+    AdaptationStep(b, cfg(method="source_only"), 8)(src, None)
+    assert any(
+        not torch.equal(v, b.state_dict()[k])
+        for k, v in a.state_dict().items()
+        if v.is_floating_point()
+    )
+
+
+def test_minent_lowers_target_entropy():
+    src, trg = batches()
+    model = fresh_model()
+    freeze_batchnorm(model)
+    step = AdaptationStep(
+        model,
+        cfg(method="minent", lr=1e-2, lambda_seg_aux=0.0, lambda_ent_main=10.0, lambda_ent_aux=0.0),
+        8,
+    )
+
+    def target_entropy():
+        with torch.no_grad():
+            return float(image_entropy(torch.softmax(model(trg["image"])[1], 1)).mean())
+
+    start = target_entropy()
+    src_no_labels = {**src, "label": torch.full_like(src["label"], 255)}  # entropy term only
+    for _ in range(5):
+        step(src_no_labels, trg)
+    assert target_entropy() < start - 0.01
+
+
+def test_frozen_batchnorm_keeps_running_statistics():
+    model = fresh_model()
+    freeze_batchnorm(model)
+    bn = model.stem[0][1]
+    mean_before = bn.running_mean.clone()
+    AdaptationStep(model, cfg(method="source_only"), 8)(batches()[0], None)
+    assert torch.equal(bn.running_mean, mean_before)
+    assert not bn.weight.requires_grad
+
+    unfrozen = fresh_model()
+    AdaptationStep(unfrozen, cfg(method="source_only"), 8)(batches()[0], None)
+    assert not torch.equal(unfrozen.stem[0][1].running_mean, mean_before)
