@@ -412,17 +412,21 @@ def write_benchmark(
         severity_alpha=data.severity_alpha,
         severity_beta=data.severity_beta,
     )
-    with atomic_path(source) as out:
-        table = write_set(
-            "source",
-            data.num_source,
-            image_dir=out / "images",
-            label_dir=out / "labels",
-            image_root=source / "images",
-            label_root=source / "labels",
-            **common,
-        )
-        write_parquet(out / "index.parquet", table)
+    for set_name, folder, count in (
+        ("source", source, data.num_source),
+        ("target_val", target_val, data.num_target_val),
+    ):
+        with atomic_path(folder) as out:
+            table = write_set(
+                set_name,
+                count,
+                image_dir=out / "images",
+                label_dir=out / "labels",
+                image_root=folder / "images",
+                label_root=folder / "labels",
+                **common,
+            )
+            write_parquet(out / "index.parquet", table)
     with atomic_path(target_train) as out, atomic_path(target_train_gt) as out_gt:
         table = write_set(
             "target_train",
@@ -435,14 +439,3 @@ def write_benchmark(
         )
         write_parquet(out / "index.parquet", table[["image_id", "image_path"]])
         write_parquet(out_gt / "index.parquet", table[["image_id", "label_path", "severity"]])
-    with atomic_path(target_val) as out:
-        table = write_set(
-            "target_val",
-            data.num_target_val,
-            image_dir=out / "images",
-            label_dir=out / "labels",
-            image_root=target_val / "images",
-            label_root=target_val / "labels",
-            **common,
-        )
-        write_parquet(out / "index.parquet", table)

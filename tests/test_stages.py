@@ -9,7 +9,6 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from PIL import Image
 
 from intrada.checkpoint import load_model
@@ -182,4 +181,3 @@ def test_a_failing_stage_leaves_no_half_written_output(project, monkeypatch):
         run_stage("pseudo_labels", root)
     assert (root / "data/pseudo_labels/index.parquet").read_bytes() == before
     assert not [p for p in (root / "data").iterdir() if p.name.endswith(".tmp")]
-    torch.manual_seed(0)  # leave global RNG use by later tests deterministic
