@@ -154,11 +154,11 @@ def draw_layout(rng: np.random.Generator, height: int, width: int, domain: str) 
     for _ in range(rng.integers(0, 4 + busier)):
         things.append(_car(rng, xx, yy, horizon, vx, road_l, road_r, h, w))
     for _ in range(rng.integers(0, 4 + busier)):
-        things.append(_person(rng, xx, yy, horizon, side_l, road_l, road_r, side_r, h, w))
+        things.append(_person(rng, xx, yy, horizon, side_l, road_l, road_r, side_r, h))
     for _ in range(rng.integers(0, 4)):
         things.append(_pole(rng, xx, yy, horizon, side_l, road_l, road_r, side_r, h, w))
     for _ in range(rng.integers(0, 4)):
-        things.append(_tree(rng, xx, yy, horizon, side_l, side_r, h, w))
+        things.append(_tree(rng, xx, yy, horizon, side_l, side_r, h))
     for _, paint in sorted(things, key=lambda t: t[0]):
         paint(lay)
 
@@ -172,10 +172,6 @@ def _base_row(rng, horizon, h, low=0.08, high=1.15):
     """A ground-contact row and its nearness (0 at the horizon, 1 at the image bottom)."""
     row = horizon + rng.uniform(low, high) * (h - horizon)
     return row, (row - horizon) / (h - horizon)
-
-
-def _at_row(edges: np.ndarray, row: float, h: int) -> float:
-    return float(edges[min(int(row), h - 1), 0]) if edges.ndim == 2 else float(edges)
 
 
 def _sidewalk_x(rng, row, side_l, road_l, road_r, side_r, h):
@@ -212,7 +208,7 @@ def _car(rng, xx, yy, horizon, vx, road_l, road_r, h, w):
     return near, paint
 
 
-def _person(rng, xx, yy, horizon, side_l, road_l, road_r, side_r, h, w):
+def _person(rng, xx, yy, horizon, side_l, road_l, road_r, side_r, h):
     row, near = _base_row(rng, horizon, h, 0.08, 1.1)
     ph = near * h * rng.uniform(0.45, 0.65) + 3
     xc = _sidewalk_x(rng, row, side_l, road_l, road_r, side_r, h)
@@ -240,7 +236,7 @@ def _pole(rng, xx, yy, horizon, side_l, road_l, road_r, side_r, h, w):
     return near, paint
 
 
-def _tree(rng, xx, yy, horizon, side_l, side_r, h, w):
+def _tree(rng, xx, yy, horizon, side_l, side_r, h):
     row, near = _base_row(rng, horizon, h, 0.0, 0.9)
     r = min(int(row), h - 1)
     xc = (side_l if rng.random() < 0.5 else side_r)[r, 0] + rng.normal(0, 2)
