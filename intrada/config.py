@@ -121,6 +121,12 @@ class TrainParams:
             _fail(f"{key}.init", self.init, "one of " + ", ".join(allowed))
         if key == "source_only" and self.method != "source_only":
             _fail(f"{key}.method", self.method, "source_only (this step sees no target)")
+        if self.freeze_bn and self.init == "scratch":
+            _fail(
+                f"{key}.freeze_bn",
+                True,
+                "false when init is scratch (BatchNorm would keep its initial statistics)",
+            )
         for name in ("iterations", "batch_size", "lr", "log_every"):
             _positive(f"{key}.{name}", getattr(self, name))
         if not 0 <= self.momentum < 1:
@@ -226,9 +232,12 @@ def check_all(raw: dict[str, Any]) -> None:
     """Validate every key of params.yaml, and the checks that span sections."""
     for name in SCHEMA:
         get(raw, name)
-    lam = get(raw, "lambda")
-    n = get(raw, "data").num_target_train
-    check_split_sizes(n, lam)
+    data = get(raw, "data")
+    check_split_sizes(data.num_target_train, get(raw, "lambda"))
+    for name in ("inter", "intra"):
+        train = get(raw, name)
+        if train.method == "advent":
+            check_discriminator_depth(train.disc_channels, data.height, data.width, name)
 
 
 def check_split_sizes(num_images: int, lam: float) -> None:
@@ -240,6 +249,20 @@ def check_split_sizes(num_images: int, lam: float) -> None:
             lam,
             f"a fraction that leaves both splits non-empty for "
             f"{num_images} target images (easy = int(N * lambda) = {num_easy})",
+        )
+
+
+def check_discriminator_depth(channels: tuple[int, ...], height: int, width: int, key: str) -> None:
+    """Each of the len(channels) + 1 stride-2 convolutions halves the map: the image
+    must leave at least one cell."""
+    needed = 2 ** (len(channels) + 1)
+    if min(height, width) < needed:
+        most = int(math.log2(min(height, width))) - 1
+        _fail(
+            f"{key}.disc_channels",
+            list(channels),
+            f"at most {most} widths for {height}x{width} images "
+            f"({len(channels)} need sides of at least {needed} pixels)",
         )
 
 

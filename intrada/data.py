@@ -69,7 +69,7 @@ class SegmentationSet(Dataset):
 class EndlessBatches:
     """Batches of `(index, flip)` drawn without replacement, epoch after epoch.
 
-    Epoch e is a permutation seeded by (seed, stream, e); batches run across epoch
+    Epoch e is a permutation seeded by (seed, *stream, e); batches run across epoch
     boundaries. Batch k depends only on k, so training can start (or resume) anywhere.
     """
 
@@ -78,7 +78,7 @@ class EndlessBatches:
         size: int,
         batch_size: int,
         seed: int,
-        stream: int,
+        stream: tuple[int, ...],
         hflip: bool,
         start: int = 0,
         stop: int | None = None,
@@ -90,7 +90,7 @@ class EndlessBatches:
 
     def _epoch(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
         if self._cached[0] != epoch:
-            rng = np.random.default_rng([self.seed, self.stream, epoch])
+            rng = np.random.default_rng([self.seed, *self.stream, epoch])
             order = rng.permutation(self.size)
             flips = rng.random(self.size) < 0.5 if self.hflip else np.zeros(self.size, bool)
             self._cached = (epoch, (order, flips))

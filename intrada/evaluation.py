@@ -111,9 +111,9 @@ def val_panel(
         ("image", (image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)),
         ("truth", colorize_channels(label.numpy(), classes)),
     ]
-    entropy = None
     for name, model in models.items():
         pred, entropy = predict_labels(model, image, tuple(label.shape))
         columns.append((name, colorize_channels(pred, classes)))
-    columns.append((f"entropy ({name})", entropy_rgb(entropy)))
+    last = list(models)[-1]
+    columns.append((f"entropy ({last})", entropy_rgb(entropy)))
     return panel(columns)

@@ -24,6 +24,17 @@ from intrada.training import train
 
 log = logging.getLogger(__name__)
 
+# Each training stage draws its batch order from its own random stream.
+RUN_KEYS = {"source_only": 1, "inter": 2, "intra": 3}
+
+
+def declared_params(sections: dict[str, Any]) -> dict[str, Any]:
+    """What a training stage records as "trained with": its params as dvc.yaml declares
+    them (of `data` only the dataset name, the one data key training reads)."""
+    params = {k: as_dict(v) for k, v in sections.items() if k != "data"}
+    params["data"] = {"name": sections["data"].name}
+    return params
+
 
 def arch_config(model_params: ModelParams) -> dict[str, Any]:
     """Constructor arguments of the architecture (everything but its name)."""
@@ -92,7 +103,7 @@ def run_training(
     )
     torch.use_deterministic_algorithms(True, warn_only=True)
     with atomic_path(live_dir) as tmp_live, LiveLog(tmp_live) as on_log:
-        train(model, source, target, cfg, seed, on_log=on_log)
+        train(model, source, target, cfg, seed, on_log=on_log, run_key=RUN_KEYS[stage])
     meta = model_meta(
         arch=model_params.name,
         arch_config=arch_config(model_params),

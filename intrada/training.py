@@ -192,23 +192,26 @@ def train(
     cfg: TrainParams,
     seed: int,
     on_log: Callable[[int, dict[str, float]], None] | None = None,
+    run_key: int = 0,
 ) -> nn.Module:
     """Train `model` in place for `cfg.iterations` steps and return it.
 
     `on_log(iteration, mean_losses)` is called every `cfg.log_every` iterations and at
     the end, with the losses averaged since the previous call and the learning rate.
+    `run_key` tells successive runs with one seed apart, so that (say) inter training
+    does not replay the source-only run's batch order.
     """
     if cfg.method != "source_only" and target is None:
         raise ValueError(f"method {cfg.method} needs a target set")
-    torch.manual_seed(seed)  # discriminator initialisation
-    step = AdaptationStep(model, cfg, source.num_classes)
     model.train()
     if cfg.freeze_bn:
         freeze_batchnorm(model)
+    torch.manual_seed(seed + run_key)  # discriminator initialisation
+    step = AdaptationStep(model, cfg, source.num_classes)
 
     def batches(dataset, stream):
         sampler = EndlessBatches(
-            len(dataset), cfg.batch_size, seed, stream, cfg.hflip, stop=cfg.iterations
+            len(dataset), cfg.batch_size, seed, (run_key, stream), cfg.hflip, stop=cfg.iterations
         )
         return iter(loader(dataset, sampler))
 

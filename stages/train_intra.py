@@ -6,8 +6,8 @@ from pathlib import Path
 
 from intrada.classes import dataset_classes
 from intrada.cli import run_stage
-from intrada.config import as_dict, get, read_params
-from intrada.runs import run_training
+from intrada.config import get, read_params
+from intrada.runs import declared_params, run_training
 
 
 def main() -> None:
@@ -45,7 +45,7 @@ def main() -> None:
         init_path={"source_only": args.source_only_model, "inter": args.inter_model}.get(cfg.init),
         model_out=args.model_out,
         live_dir=args.live_dir,
-        params={k: as_dict(v) for k, v in sections.items()},
+        params=declared_params(sections),
     )
 
 

@@ -5,8 +5,8 @@ from pathlib import Path
 
 from intrada.classes import dataset_classes
 from intrada.cli import run_stage
-from intrada.config import as_dict, get, read_params
-from intrada.runs import run_training
+from intrada.config import get, read_params
+from intrada.runs import declared_params, run_training
 
 
 def main() -> None:
@@ -28,7 +28,7 @@ def main() -> None:
         init_path=None,
         model_out=args.model_out,
         live_dir=args.live_dir,
-        params={k: as_dict(v) for k, v in sections.items()},
+        params=declared_params(sections),
     )
 
 

@@ -2,7 +2,7 @@ import pytest
 import yaml
 
 from intrada.config import ParamsError, check_all, get, read_params
-from tests.conftest import REPO, tiny_params, write_params
+from tests.conftest import REPO, write_params
 
 
 def check(tmp_path, params):
@@ -71,6 +71,22 @@ def test_method_keys_are_required_only_for_the_method_in_use(tmp_path, params):
     check(tmp_path, params)  # MinEnt has no discriminator
 
 
+def test_discriminator_deeper_than_the_images_allow_is_refused(tmp_path, params):
+    params["intra"]["disc_channels"] = [4, 8, 16, 32, 64]  # 6 halvings of 32x64 images
+    with pytest.raises(ParamsError, match=r"intra\.disc_channels .* at most 4 widths for 32x64"):
+        check(tmp_path, params)
+    params["intra"]["method"] = "minent"  # no discriminator, no constraint
+    check(tmp_path, params)
+
+
+def test_frozen_batchnorm_needs_a_trained_start_point(tmp_path, params):
+    params["inter"]["init"] = "scratch"
+    with pytest.raises(ParamsError, match=r"inter\.freeze_bn = True .* false when init is"):
+        check(tmp_path, params)
+    params["inter"]["freeze_bn"] = False
+    check(tmp_path, params)
+
+
 def test_missing_key_is_named(tmp_path, params):
     del params["evaluate"]["num_panels"]
     with pytest.raises(ParamsError, match=r"evaluate\.num_panels is missing"):
@@ -92,4 +108,3 @@ def test_sections_parse_into_typed_objects():
     assert inter.disc_channels == tuple(raw["inter"]["disc_channels"])
     assert isinstance(inter.lr, float) and isinstance(inter.iterations, int)
     assert get(raw, "lambda") == raw["lambda"]
-    assert tiny_params()["data"]["num_target_train"] == 10

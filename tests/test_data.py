@@ -10,22 +10,24 @@ from intrada.io import write_label_png, write_rgb_png
 
 
 def test_batches_visit_every_image_once_per_epoch():
-    sampler = EndlessBatches(size=5, batch_size=2, seed=0, stream=1, hflip=False, stop=5)
+    sampler = EndlessBatches(size=5, batch_size=2, seed=0, stream=(1,), hflip=False, stop=5)
     flat = [i for batch in sampler for i, _ in batch]
     assert sorted(flat[:5]) == [0, 1, 2, 3, 4]  # epoch 0, then epoch 1 continues
     assert sorted(flat[5:10]) == [0, 1, 2, 3, 4]
 
 
 def test_batch_k_is_the_same_whether_training_starts_at_zero_or_at_k():
-    full = list(EndlessBatches(7, 3, seed=4, stream=2, hflip=True, stop=10))
-    resumed = list(EndlessBatches(7, 3, seed=4, stream=2, hflip=True, start=6, stop=10))
+    full = list(EndlessBatches(7, 3, seed=4, stream=(2,), hflip=True, stop=10))
+    resumed = list(EndlessBatches(7, 3, seed=4, stream=(2,), hflip=True, start=6, stop=10))
     assert resumed == full[6:]
-    other_seed = list(EndlessBatches(7, 3, seed=5, stream=2, hflip=True, stop=10))
+    other_seed = list(EndlessBatches(7, 3, seed=5, stream=(2,), hflip=True, stop=10))
     assert other_seed != full
+    other_stream = list(EndlessBatches(7, 3, seed=4, stream=(3,), hflip=True, stop=10))
+    assert other_stream != full
 
 
 def test_no_flips_unless_asked():
-    batches = list(EndlessBatches(4, 4, seed=0, stream=1, hflip=False, stop=3))
+    batches = list(EndlessBatches(4, 4, seed=0, stream=(1,), hflip=False, stop=3))
     assert not any(flip for batch in batches for _, flip in batch)
 
 

@@ -52,6 +52,7 @@ def test_training_stages_write_models_with_provenance_and_curves(project):
         assert meta["class_names"] == list(classes.names)
         assert meta["params"][stage] == tiny_params()[stage]
         assert meta["params"]["seed"] == 0 and "torch" in meta["versions"]
+        assert meta["params"]["data"] == {"name": "synthetic"}  # as dvc.yaml declares
         curves = root / "dvclive" / stage / "plots/metrics/train/loss_seg_src_main.tsv"
         assert curves.read_text().splitlines()[0] == "step\tloss_seg_src_main"
         assert (root / "dvclive" / stage / "metrics.json").is_file()

@@ -1,11 +1,13 @@
+import copy
 import dataclasses
 
 import pytest
 import torch
 
 from intrada.config import get
-from intrada.entropy import image_entropy
-from intrada.models import build_model
+from intrada.entropy import image_entropy, self_information
+from intrada.losses import SOURCE_LABEL, TARGET_LABEL, adversarial_loss
+from intrada.models import build_model, upsample
 from intrada.training import AdaptationStep, freeze_batchnorm, poly_lr
 from tests.conftest import tiny_params
 
@@ -72,14 +74,71 @@ def test_advent_with_zero_adversarial_weight_equals_source_only():
 def test_adversarial_term_changes_the_network_update():
     src, trg = batches()
     a, b = fresh_model(), fresh_model()
-    torch.manual_seed(1)
+    freeze_batchnorm(a)  # so that only parameters can differ, not running statistics
+    freeze_batchnorm(b)
     AdaptationStep(a, cfg(lambda_adv_main=1.0), 8)(src, trg)
     AdaptationStep(b, cfg(method="source_only"), 8)(src, None)
-    assert any(
-        not torch.equal(v, b.state_dict()[k])
-        for k, v in a.state_dict().items()
-        if v.is_floating_point()
+    params_b = dict(b.named_parameters())
+    assert any(not torch.equal(p, params_b[k]) for k, p in a.named_parameters())
+
+
+def self_info_main(model, images):
+    _, main = model(images)
+    return self_information(torch.softmax(upsample(main, tuple(images.shape[-2:])), 1))
+
+
+def descends(params_before, params_after, objective) -> bool:
+    """Whether the update params_before -> params_after points down `objective`'s gradient
+    (a first-order test: true for any small enough step that lowers the objective)."""
+    grads = torch.autograd.grad(objective(), params_before, allow_unused=True)
+    change = [
+        after.detach() - before.detach()
+        for before, after in zip(params_before, params_after, strict=True)
+    ]
+    pairs = zip(grads, change, strict=True)
+    return sum(float((g * d).sum()) for g, d in pairs if g is not None) < 0
+
+
+def test_network_moves_target_maps_toward_source_and_discriminator_learns_domains():
+    # Source labels all ignored and the aux term off: the network's only loss is the main
+    # adversarial term, so its SGD update must descend "discriminator says source".
+    src, trg = batches()
+    src = {**src, "label": torch.full_like(src["label"], 255)}
+    model = fresh_model()
+    freeze_batchnorm(model)
+    settings = cfg(
+        optimizer="sgd",
+        momentum=0.0,
+        weight_decay=0.0,
+        lr=1e-2,
+        lambda_adv_main=1.0,
+        lambda_adv_aux=0.0,
     )
+    step = AdaptationStep(model, settings, 8)
+    model_before, disc_before = copy.deepcopy(model), copy.deepcopy(step.discs.main)
+    with torch.no_grad():
+        src_map = self_info_main(model_before, src["image"])
+        trg_map = self_info_main(model_before, trg["image"])
+    step(src, trg)
+
+    def fooled():
+        return adversarial_loss(
+            disc_before(self_info_main(model_before, trg["image"])), SOURCE_LABEL
+        )
+
+    trainable = [p for p in model_before.parameters() if p.requires_grad]
+    after = dict(model.named_parameters())
+    moved = [after[n] for n, p in model_before.named_parameters() if p.requires_grad]
+    assert descends(trainable, moved, fooled)
+
+    def domain_loss():  # source maps are 0, target maps 1
+        return adversarial_loss(disc_before(src_map), SOURCE_LABEL) + adversarial_loss(
+            disc_before(trg_map), TARGET_LABEL
+        )
+
+    for p in disc_before.parameters():
+        p.requires_grad_(True)
+    assert descends(list(disc_before.parameters()), list(step.discs.main.parameters()), domain_loss)
 
 
 def test_minent_lowers_target_entropy():
