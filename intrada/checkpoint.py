@@ -3,7 +3,7 @@
 A model file is a `torch.save`d dict of plain types, loadable with `weights_only=True`:
 `state_dict`, and `meta` = format, architecture and its config, class names and train
 ids, the producing stage, the params it was trained with (and their hash), what it was
-initialised from, the git revision and library versions.
+initialised from, the git commit of the pipeline code and library versions.
 """
 
 from __future__ import annotations
@@ -27,12 +27,17 @@ from intrada.io import atomic_path
 from intrada.models import build_model
 
 MODEL_FORMAT = "intrada-model/1"
-# Code whose uncommitted edits make a recorded git revision misleading.
+# The pipeline's code: a model records the last commit that changed it.
 CODE_PATHS = ("intrada", "stages", "dvc.yaml")
 
 
 def git_revision(cwd: str | Path = ".") -> dict[str, Any]:
-    """HEAD's commit and whether the pipeline code differs from it (None outside git)."""
+    """The last commit that changed the pipeline code, and whether that code has
+    uncommitted edits (None outside git).
+
+    Not HEAD: commits of results or docs do not change what a model was trained with,
+    and recording HEAD would make identical weights hash differently after each one.
+    """
 
     def git(*args: str) -> str | None:
         try:
@@ -43,11 +48,11 @@ def git_revision(cwd: str | Path = ".") -> dict[str, Any]:
             return None
         return out.stdout.strip()
 
-    head = git("rev-parse", "HEAD")
-    if head is None:
+    commit = git("log", "-1", "--format=%H", "--", *CODE_PATHS)
+    if not commit:
         return {"commit": None, "code_modified": None}
     changes = git("status", "--porcelain", "--", *CODE_PATHS)
-    return {"commit": head, "code_modified": bool(changes)}
+    return {"commit": commit, "code_modified": bool(changes)}
 
 
 def library_versions() -> dict[str, str]:

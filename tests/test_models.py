@@ -70,3 +70,30 @@ def test_unreadable_model_file_is_named(tmp_path):
     (tmp_path / "model.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(IntradaError, match="model.pt: not a readable model file"):
         load_model(tmp_path / "model.pt")
+
+
+def test_recorded_commit_is_the_last_one_that_changed_pipeline_code(tmp_path):
+    import subprocess
+
+    from intrada.checkpoint import git_revision
+
+    def git(*args):
+        return subprocess.run(
+            ["git", *args], cwd=tmp_path, check=True, capture_output=True, text=True
+        ).stdout.strip()
+
+    assert git_revision(tmp_path) == {"commit": None, "code_modified": None}  # not a repo
+    git("init", "-q")
+    git("config", "user.email", "t@example.com")
+    git("config", "user.name", "t")
+    (tmp_path / "intrada").mkdir()
+    (tmp_path / "intrada" / "a.py").write_text("x = 1\n")
+    git("add", "-A")
+    git("commit", "-qm", "code")
+    code_commit = git("rev-parse", "HEAD")
+    (tmp_path / "README.md").write_text("results\n")
+    git("add", "-A")
+    git("commit", "-qm", "docs")
+    assert git_revision(tmp_path) == {"commit": code_commit, "code_modified": False}
+    (tmp_path / "intrada" / "a.py").write_text("x = 2\n")
+    assert git_revision(tmp_path) == {"commit": code_commit, "code_modified": True}
