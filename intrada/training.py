@@ -12,6 +12,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -206,7 +207,8 @@ def train(
     model.train()
     if cfg.freeze_bn:
         freeze_batchnorm(model)
-    torch.manual_seed(seed + run_key)  # discriminator initialisation
+    # Discriminator initialisation: a seed derived from both, so no two (seed, run) collide.
+    torch.manual_seed(int(np.random.SeedSequence([seed, run_key]).generate_state(1)[0]))
     step = AdaptationStep(model, cfg, source.num_classes)
 
     def batches(dataset, stream):
