@@ -28,3 +28,12 @@ def entropy_map(prob: torch.Tensor) -> torch.Tensor:
 def image_entropy(prob: torch.Tensor) -> torch.Tensor:
     """(N, C, H, W) softmax -> (N,) mean normalised entropy of each image: its rank score."""
     return entropy_map(prob).mean(dim=(1, 2))
+
+
+def rare_class_normalised(score: float, num_present: int, num_rare: int) -> float:
+    """The authors' normaliser: score * ((K - r) / K + 0.5) for r of K rare classes in the
+    prediction. An image showing rare classes gets a lower score, so it is ranked easier
+    and its rare-class pixels reach the pseudo-labels instead of the hard split."""
+    if not 0 <= num_present <= num_rare:
+        raise ValueError(f"{num_present} rare classes present out of {num_rare}")
+    return score * ((num_rare - num_present) / num_rare + 0.5)

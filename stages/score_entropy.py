@@ -7,7 +7,7 @@ from pathlib import Path
 from intrada.checkpoint import load_model
 from intrada.classes import dataset_classes
 from intrada.cli import run_stage
-from intrada.config import get, read_params
+from intrada.config import check_class_names, get, read_params
 from intrada.data import SegmentationSet, load_index
 from intrada.inference import score_images
 from intrada.io import atomic_path, write_parquet
@@ -23,13 +23,24 @@ def main() -> None:
     args = parser.parse_args()
     raw = read_params()
     data, cfg = get(raw, "data"), get(raw, "inference")
+    check_class_names(cfg.rare_classes, data.name, "inference.rare_classes")
     classes = dataset_classes(data.name)
     table = load_index(args.target, labelled=False)
     model, _ = load_model(args.model, classes)
     dataset = SegmentationSet(table, classes, Path("."), labelled=False)
     with atomic_path(args.maps) as maps, atomic_path(args.predictions) as preds:
         scores = score_images(
-            model, dataset, table, classes, cfg.batch_size, maps, preds, args.maps, args.predictions
+            model,
+            dataset,
+            table,
+            classes,
+            cfg.batch_size,
+            maps,
+            preds,
+            args.maps,
+            args.predictions,
+            rare_classes=cfg.rare_classes,
+            normalize=cfg.normalize_entropy,
         )
     write_parquet(args.scores, scores)
 

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from intrada.entropy import entropy_map, image_entropy, self_information
+from intrada.entropy import entropy_map, image_entropy, rare_class_normalised, self_information
 
 
 def as_map(probs: list[float]) -> torch.Tensor:
@@ -37,3 +37,12 @@ def test_image_entropy_is_the_mean_of_the_map():
     prob = torch.tensor([[[[0.5, 1.0]], [[0.5, 0.0]]]], dtype=torch.float64)
     assert prob.shape == (1, 2, 1, 2)
     assert image_entropy(prob).tolist() == [pytest.approx(0.5, abs=1e-12)]
+
+
+def test_rare_class_normaliser_lowers_the_score_of_images_showing_rare_classes():
+    # score * ((K - r) / K + 0.5) with K = 2 rare classes
+    assert rare_class_normalised(0.4, 0, 2) == pytest.approx(0.6)
+    assert rare_class_normalised(0.4, 1, 2) == pytest.approx(0.4)
+    assert rare_class_normalised(0.4, 2, 2) == pytest.approx(0.2)
+    with pytest.raises(ValueError):
+        rare_class_normalised(0.4, 3, 2)
