@@ -2,41 +2,65 @@
 
 from __future__ import annotations
 
-import shutil
+import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
+import torch
+from torch import nn
+from tqdm import tqdm
 
-from intrada.errors import IntradaError
+from intrada.classes import IGNORE_INDEX, ClassSet
+from intrada.data import SegmentationSet, in_order, loader
+from intrada.inference import predict_probs, to_train_ids
+from intrada.io import write_label_png
+
+
+def label_from_probs(prob: torch.Tensor, classes: ClassSet, threshold: float) -> np.ndarray:
+    """(N, C, H, W) softmax -> (N, H, W) uint8 train ids of the argmax; pixels whose top
+    probability is below `threshold` become 255 (ignored by the loss)."""
+    confidence, channels = prob.max(dim=1)
+    labels = to_train_ids(channels, classes)
+    labels[(confidence < threshold).numpy()] = IGNORE_INDEX
+    return labels
 
 
 def write_pseudo_labels(
-    easy: pd.DataFrame, root: Path, labels_dir: Path, labels_root: Path
+    model: nn.Module,
+    dataset: SegmentationSet,
+    table: pd.DataFrame,
+    classes: ClassSet,
+    batch_size: int,
+    threshold: float,
+    labels_dir: Path,
+    labels_root: Path,
 ) -> pd.DataFrame:
-    """Copy the inter model's predicted label PNG (train ids, 255 = ignore) of every easy
-    image into `labels_dir`, recorded under `labels_root`; return the index table
-    (`image_id`, `image_path`, `label_path`) of a labelled set.
-
-    The predictions were written by the inference stage with the same model, so they
-    are the model's argmax: reusing them avoids a second pass over the images.
+    """Label every image of `dataset` (the easy split, indexed by `table`) with `model`,
+    write the label PNGs (train ids, 255 = ignore) into `labels_dir`, recorded under
+    `labels_root`, and return the index table of a labelled set: `image_id`,
+    `image_path`, `label_path` and `labelled_fraction` (the share of pixels at or above
+    the confidence threshold).
     """
     labels_dir.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for image_id, image_path, prediction in easy[
-        ["image_id", "image_path", "prediction_path"]
-    ].itertuples(index=False):
-        source = root / prediction
-        if not source.is_file():
-            raise IntradaError(
-                f"{source}: prediction of easy image {image_id!r} not found; "
-                "expected the inference stage's output"
-            )
-        shutil.copyfile(source, labels_dir / f"{image_id}.png")
-        rows.append(
-            {
-                "image_id": image_id,
-                "image_path": image_path,
-                "label_path": (labels_root / f"{image_id}.png").as_posix(),
-            }
+    fractions = np.empty(len(dataset), np.float64)
+    batches = in_order(len(dataset), batch_size)
+    for batch in tqdm(
+        loader(dataset, batches), total=len(batches), desc="pseudo", file=sys.stderr, disable=None
+    ):
+        images = batch["image"]
+        labels = label_from_probs(
+            predict_probs(model, images, tuple(images.shape[-2:])), classes, threshold
         )
-    return pd.DataFrame(rows, columns=["image_id", "image_path", "label_path"])
+        for j, index in enumerate(batch["index"].tolist()):
+            write_label_png(labels_dir / f"{dataset.ids[index]}.png", labels[j])
+            fractions[index] = float((labels[j] != IGNORE_INDEX).mean())
+    ids = list(dataset.ids)
+    return pd.DataFrame(
+        {
+            "image_id": ids,
+            "image_path": list(table["image_path"]),
+            "label_path": [(labels_root / f"{i}.png").as_posix() for i in ids],
+            "labelled_fraction": fractions,
+        }
+    )

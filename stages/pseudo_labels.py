@@ -1,10 +1,15 @@
 """Stage pseudo_labels: the inter model's prediction of each easy image becomes its
-label (train ids, 255 = ignore), with an index table of the labelled easy set."""
+label (train ids, 255 = ignore, also for pixels below the confidence threshold), with an
+index table of the labelled easy set."""
 
 import argparse
 from pathlib import Path
 
+from intrada.checkpoint import load_model
+from intrada.classes import dataset_classes
 from intrada.cli import run_stage
+from intrada.config import get, read_params
+from intrada.data import SegmentationSet
 from intrada.io import atomic_path, read_parquet, write_parquet
 from intrada.pseudo_labels import write_pseudo_labels
 
@@ -12,13 +17,28 @@ from intrada.pseudo_labels import write_pseudo_labels
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--easy", type=Path, required=True, help="easy split table")
+    parser.add_argument("--model", type=Path, required=True, help="the inter model")
     parser.add_argument(
         "--out", type=Path, required=True, help="folder for labels/ and index.parquet"
     )
     args = parser.parse_args()
-    easy = read_parquet(args.easy, ("image_id", "image_path", "prediction_path"))
+    raw = read_params()
+    data, cfg = get(raw, "data"), get(raw, "pseudo_labels")
+    classes = dataset_classes(data.name)
+    easy = read_parquet(args.easy, ("image_id", "image_path"))
+    model, _ = load_model(args.model, classes)
+    dataset = SegmentationSet(easy, classes, Path("."), labelled=False)
     with atomic_path(args.out) as out:
-        index = write_pseudo_labels(easy, Path("."), out / "labels", args.out / "labels")
+        index = write_pseudo_labels(
+            model,
+            dataset,
+            easy,
+            classes,
+            cfg.batch_size,
+            cfg.confidence_threshold,
+            out / "labels",
+            args.out / "labels",
+        )
         write_parquet(out / "index.parquet", index)
 
 
