@@ -10,7 +10,8 @@ from intrada.errors import IntradaError
 
 def rank_splits(scores: pd.DataFrame, lam: float) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Sort by ascending `score` (ties broken by `image_id`, so the order is total) and
-    call the first int(N * lam) images easy, the rest hard.
+    call the first int(N * lam) images easy, the rest hard. At lam = 1 (self-training on
+    every image) the hard table is empty, with the same columns.
 
     Both tables keep every input column and add `rank` (0 = lowest score) and `split`.
     """
@@ -20,8 +21,8 @@ def rank_splits(scores: pd.DataFrame, lam: float) -> tuple[pd.DataFrame, pd.Data
             f"scores: image {bad!r} has score NaN (a diverged model?); "
             "expected finite scores for every image"
         )
-    num_easy = int(len(scores) * lam)
-    if num_easy == 0 or num_easy == len(scores):
+    num_easy = len(scores) if lam == 1 else int(len(scores) * lam)
+    if num_easy == 0 or (num_easy == len(scores) and lam != 1):
         raise IntradaError(
             f"lambda = {lam} leaves a split empty for {len(scores)} images "
             f"(easy = int(N * lambda) = {num_easy}); expected both non-empty"

@@ -1,7 +1,11 @@
 """Stage train_intra: intra-domain adaptation, the easy split with its pseudo-labels as
-the source-like side against the hard split as the target."""
+the source-like side against the hard split as the target.
+
+At lambda = 1 every image is easy and there is no hard split: the step is the paper's
+self-training control, cross-entropy on the pseudo-labels only."""
 
 import argparse
+import dataclasses
 from pathlib import Path
 
 from intrada.classes import dataset_classes
@@ -34,6 +38,9 @@ def main() -> None:
     raw = read_params()
     sections = {name: get(raw, name) for name in ("seed", "lambda", "data", "model", "intra")}
     cfg = sections["intra"]
+    self_training = sections["lambda"] == 1
+    if self_training:
+        cfg = dataclasses.replace(cfg, method="source_only")
     run_training(
         stage="intra",
         cfg=cfg,
@@ -41,7 +48,7 @@ def main() -> None:
         model_params=sections["model"],
         classes=dataset_classes(sections["data"].name),
         source_index=args.pseudo_labels,
-        target_index=args.hard,
+        target_index=None if self_training else args.hard,
         init_path={"source_only": args.source_only_model, "inter": args.inter_model}.get(cfg.init),
         model_out=args.model_out,
         live_dir=args.live_dir,

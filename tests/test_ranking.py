@@ -48,5 +48,9 @@ def test_nan_score_is_refused():
 def test_lambda_leaving_a_split_empty_is_refused():
     with pytest.raises(IntradaError, match="lambda"):
         rank_splits(scores([0.1, 0.2, 0.3]), 0.2)  # int(3 * 0.2) = 0 easy
-    with pytest.raises(IntradaError, match="lambda"):
-        rank_splits(scores([0.1, 0.2, 0.3]), 1.0)  # every image easy, no hard split
+
+
+def test_lambda_one_makes_every_image_easy_and_the_hard_table_empty():
+    easy, hard = rank_splits(scores([0.3, 0.1, 0.2]), 1.0)
+    assert easy["image_id"].tolist() == ["img1", "img2", "img0"]
+    assert len(hard) == 0 and list(hard.columns) == list(easy.columns)
