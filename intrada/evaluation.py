@@ -71,10 +71,12 @@ def write_report(
     confusion_dir: Path,
     iou_dir: Path,
     panels_dir: Path,
+    diagnostics: dict | None = None,
 ) -> dict:
     """Evaluate every model and write, each atomically:
 
-    - `metrics_path`: {model: {"mIoU": %, "IoU": {class: %}}};
+    - `metrics_path`: {model: {"mIoU": %, "IoU": {class: %}}}, plus `diagnostics` under
+      that key when given;
     - `confusion_dir/<model>.csv`: confusion matrices (rows truth, columns prediction);
     - `iou_dir/<model>.csv`: per-class IoU rows (`class`, `IoU`) for `dvc plots`;
     - `panels_dir/val_<k>.png`: image | truth | one prediction per model | entropy of
@@ -94,6 +96,8 @@ def write_report(
                     "IoU": [report[name]["IoU"][c] for c in classes.names],
                 }
             ).to_csv(iou_out / f"{name}.csv", index=False)
+    if diagnostics is not None:
+        report["diagnostics"] = diagnostics
     write_json(metrics_path, report)
     with atomic_path(panels_dir) as out:
         out.mkdir()

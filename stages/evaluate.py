@@ -1,5 +1,6 @@
 """Stage evaluate: per-class IoU and mIoU on target-val of the source-only, inter and
-intra models, their confusion matrices, and image panels."""
+intra models, their confusion matrices, image panels, and the ranking diagnostics
+(against target-train's held-back ground truth)."""
 
 import argparse
 from pathlib import Path
@@ -9,7 +10,9 @@ from intrada.classes import dataset_classes
 from intrada.cli import run_stage
 from intrada.config import get, read_params
 from intrada.data import SegmentationSet, load_index
+from intrada.diagnostics import split_report
 from intrada.evaluation import write_report
+from intrada.io import read_parquet
 
 MODELS = ("source_only", "inter", "intra")
 
@@ -19,6 +22,12 @@ def main() -> None:
     for name in MODELS:
         parser.add_argument(f"--{name.replace('_', '-')}-model", type=Path, required=True)
     parser.add_argument("--val", type=Path, required=True, help="labelled index table")
+    parser.add_argument(
+        "--target-train-gt", type=Path, required=True, help="target-train ground-truth index"
+    )
+    parser.add_argument("--easy", type=Path, required=True, help="easy split table")
+    parser.add_argument("--hard", type=Path, required=True, help="hard split table")
+    parser.add_argument("--pseudo-labels", type=Path, required=True, help="pseudo-label index")
     parser.add_argument("--metrics", type=Path, required=True, help="JSON file")
     parser.add_argument("--confusion-dir", type=Path, required=True)
     parser.add_argument("--iou-dir", type=Path, required=True)
@@ -29,6 +38,14 @@ def main() -> None:
     classes = dataset_classes(data.name)
     dataset = SegmentationSet(
         load_index(args.val, labelled=True), classes, Path("."), labelled=True
+    )
+    split_columns = ("image_id", "score", "prediction_path")
+    diagnostics = split_report(
+        read_parquet(args.easy, split_columns),
+        read_parquet(args.hard, split_columns),
+        read_parquet(args.target_train_gt, ("image_id", "label_path")),
+        read_parquet(args.pseudo_labels, ("image_id", "label_path")),
+        classes,
     )
     models = {name: load_model(getattr(args, f"{name}_model"), classes)[0] for name in MODELS}
     report = write_report(
@@ -41,9 +58,12 @@ def main() -> None:
         args.confusion_dir,
         args.iou_dir,
         args.panels_dir,
+        diagnostics,
     )
     for name in MODELS:
         print(f"{name:12s} mIoU {report[name]['mIoU']}")
+    for key, value in diagnostics.items():
+        print(f"{key:24s} {value}")
 
 
 if __name__ == "__main__":
