@@ -20,6 +20,7 @@ from typing import Any, Literal, Union
 
 import yaml
 
+from intrada.classes import dataset_classes
 from intrada.errors import IntradaError
 
 PARAMS_FILE = "params.yaml"
@@ -161,12 +162,44 @@ class TrainParams:
 
 @dataclass(frozen=True)
 class InferenceParams:
-    """Scoring target-train images with the inter model."""
+    """Scoring target-train images with the inter model.
+
+    With `normalize_entropy` an image's score is its mean entropy times
+    ((K - r) / K + 0.5), where r of the K `rare_classes` appear in its prediction: the
+    authors' normaliser, which ranks images showing rare classes as easier.
+    """
 
     batch_size: int
+    normalize_entropy: bool
+    rare_classes: tuple[str, ...]  # class names of the dataset in use (K = their count)
 
     def check(self, key: str) -> None:
         _positive(f"{key}.batch_size", self.batch_size)
+        if len(set(self.rare_classes)) != len(self.rare_classes):
+            _fail(f"{key}.rare_classes", list(self.rare_classes), "class names without repeats")
+        if self.normalize_entropy and not self.rare_classes:
+            _fail(
+                f"{key}.rare_classes",
+                [],
+                "at least one class name when normalize_entropy is true",
+            )
+
+
+@dataclass(frozen=True)
+class PseudoLabelParams:
+    """Pseudo-labels of the easy split: the inter model's argmax per pixel."""
+
+    batch_size: int
+    confidence_threshold: float  # pixels whose top softmax probability is below -> 255
+
+    def check(self, key: str) -> None:
+        _positive(f"{key}.batch_size", self.batch_size)
+        if not 0 <= self.confidence_threshold < 1:
+            _fail(
+                f"{key}.confidence_threshold",
+                self.confidence_threshold,
+                "a number in [0, 1): 0 keeps every pixel, as the paper does",
+            )
 
 
 @dataclass(frozen=True)
@@ -191,6 +224,7 @@ SCHEMA: dict[str, Any] = {
     "inter": TrainParams,
     "intra": TrainParams,
     "inference": InferenceParams,
+    "pseudo_labels": PseudoLabelParams,
     "evaluate": EvaluateParams,
 }
 
@@ -221,8 +255,13 @@ def get(raw: dict[str, Any], name: str) -> Any:
     if dataclasses.is_dataclass(hint):
         return _parse_dataclass(hint, raw[name], name)
     value = _coerce(raw[name], hint, name)
-    if name == "lambda" and not 0 < value < 1:
-        _fail("lambda", raw[name], "a number in (0, 1): the fraction of images ranked easy")
+    if name == "lambda" and not 0 < value <= 1:
+        _fail(
+            "lambda",
+            raw[name],
+            "a number in (0, 1]: the fraction of images ranked easy "
+            "(1 = self-training on every image)",
+        )
     if name == "seed" and value < 0:
         _fail("seed", value, "an integer >= 0")
     return value
@@ -234,6 +273,7 @@ def check_all(raw: dict[str, Any]) -> None:
         get(raw, name)
     data = get(raw, "data")
     check_split_sizes(data.num_target_train, get(raw, "lambda"))
+    check_class_names(get(raw, "inference").rare_classes, data.name, "inference.rare_classes")
     for name in ("inter", "intra"):
         train = get(raw, name)
         if train.method == "advent":
@@ -241,8 +281,11 @@ def check_all(raw: dict[str, Any]) -> None:
 
 
 def check_split_sizes(num_images: int, lam: float) -> None:
-    """Both splits must be non-empty: easy = the first int(num_images * lambda) images."""
+    """easy = the first int(num_images * lambda) images. Both splits must be non-empty,
+    except at lambda = 1, the self-training control, where every image is easy."""
     num_easy = int(num_images * lam)
+    if lam == 1:
+        return
     if num_easy == 0 or num_easy == num_images:
         _fail(
             "lambda",
@@ -250,6 +293,14 @@ def check_split_sizes(num_images: int, lam: float) -> None:
             f"a fraction that leaves both splits non-empty for "
             f"{num_images} target images (easy = int(N * lambda) = {num_easy})",
         )
+
+
+def check_class_names(names: tuple[str, ...], dataset: str, key: str) -> None:
+    """Every name must be a class of the dataset in use."""
+    known = dataset_classes(dataset).names
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        _fail(key, list(names), f"class names of dataset {dataset}: {', '.join(known)}")
 
 
 def check_discriminator_depth(channels: tuple[int, ...], height: int, width: int, key: str) -> None:

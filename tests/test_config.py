@@ -13,12 +13,36 @@ def test_repository_params_are_valid():
     check_all(read_params(REPO / "params.yaml"))
 
 
-@pytest.mark.parametrize("value", [1.5, 0, 1.0, -0.2, "half"])
+@pytest.mark.parametrize("value", [1.5, 0, 1.01, -0.2, "half"])
 def test_lambda_outside_zero_one_names_lambda(tmp_path, params, value):
     params["lambda"] = value
     with pytest.raises(ParamsError, match=r"lambda = .* expected") as info:
         check(tmp_path, params)
     assert "\n" not in str(info.value)
+
+
+def test_lambda_one_is_the_self_training_control_and_is_accepted(tmp_path, params):
+    params["lambda"] = 1.0
+    check(tmp_path, params)
+
+
+def test_unknown_rare_class_names_the_key_and_the_dataset_classes(tmp_path, params):
+    params["inference"]["rare_classes"] = ["pole", "traffic light"]
+    with pytest.raises(ParamsError, match=r"inference.rare_classes = .* class names of dataset"):
+        check(tmp_path, params)
+
+
+def test_normalisation_without_rare_classes_is_refused(tmp_path, params):
+    params["inference"].update(normalize_entropy=True, rare_classes=[])
+    with pytest.raises(ParamsError, match="inference.rare_classes = \\[\\] is invalid"):
+        check(tmp_path, params)
+
+
+@pytest.mark.parametrize("value", [-0.1, 1.0, 2])
+def test_confidence_threshold_outside_zero_one_is_refused(tmp_path, params, value):
+    params["pseudo_labels"]["confidence_threshold"] = value
+    with pytest.raises(ParamsError, match="pseudo_labels.confidence_threshold"):
+        check(tmp_path, params)
 
 
 def test_lambda_that_leaves_a_split_empty_is_refused(tmp_path, params):

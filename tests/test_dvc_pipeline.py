@@ -73,7 +73,7 @@ def test_repro_builds_every_output(repo):
     easy = pd.read_parquet(repo / "data/splits/easy.parquet")
     assert {"image_id", "image_path", "entropy", "score", "rank", "split"} <= set(easy.columns)
     report = json.loads((repo / "metrics/eval.json").read_text())
-    assert set(report) == {"source_only", "inter", "intra"}
+    assert set(report) == {"source_only", "inter", "intra", "diagnostics"}
 
 
 def test_second_repro_with_nothing_changed_runs_nothing(repo):
@@ -86,7 +86,7 @@ def test_metrics_show_lists_the_evaluation(repo):
     shown = json.loads(run(["dvc", "metrics", "show", "--json"], repo).stdout)
     (workspace,) = shown.values()  # keyed by revision; the workspace is the only one
     metrics = workspace["data"]["metrics/eval.json"]["data"]
-    assert set(metrics) == {"source_only", "inter", "intra"}
+    assert set(metrics) == {"source_only", "inter", "intra", "diagnostics"}
 
 
 def test_plots_show_renders_curves_iou_and_panels(repo):
@@ -113,8 +113,10 @@ def test_changing_lambda_reruns_only_what_lambda_touches(repo):
     intra_after, meta = load_model(repo / "models/intra/model.pt")
     assert meta["params"]["lambda"] == 0.5
     assert any(not torch.equal(v, intra_after.state_dict()[k]) for k, v in intra_before.items())
-    shown = run(["dvc", "exp", "show", "--json"], repo).stdout
-    assert "intra" in shown and "mIoU" in shown
+    shown = run(["dvc", "exp", "show", "--csv"], repo).stdout
+    header = shown.splitlines()[0].split(",")
+    for column in ("intra.mIoU", "diagnostics.inter_easy_mIoU", "diagnostics.score_error_spearman"):
+        assert column in header  # diagnostics listed next to the mIoUs
 
 
 def test_invalid_lambda_stops_the_pipeline_before_any_output_is_removed(repo):

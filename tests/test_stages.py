@@ -9,10 +9,13 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from PIL import Image
 
 from intrada.checkpoint import load_model
 from intrada.classes import dataset_classes
+from intrada.data import SegmentationSet
+from intrada.inference import predict_probs
 from tests.conftest import REPO, tiny_params, write_params
 from tests.pipeline import dvc_stages, run_pipeline, run_stage, tree_digest
 
@@ -97,17 +100,64 @@ def test_pseudo_labels_are_the_inter_predictions_of_the_easy_images(project):
     index = pd.read_parquet(root / "data/pseudo_labels/index.parquet")
     easy = pd.read_parquet(root / "data/splits/easy.parquet")
     assert index["image_id"].tolist() == easy["image_id"].tolist()
+    assert (index["labelled_fraction"] == 1.0).all()  # threshold 0 keeps every pixel
     for label_path, prediction_path in zip(
         index["label_path"], easy["prediction_path"], strict=True
     ):
-        assert (root / label_path).read_bytes() == (root / prediction_path).read_bytes()
+        label = np.array(Image.open(root / label_path))
+        assert (label == np.array(Image.open(root / prediction_path))).all()
+
+
+def test_confidence_threshold_turns_unsure_pixels_into_ignore(project, tmp_path):
+    root, _ = project
+    classes = dataset_classes("synthetic")
+    model, _ = load_model(root / "models/inter/model.pt", classes)
+    easy_set = SegmentationSet(
+        pd.read_parquet(root / "data/splits/easy.parquet"), classes, root, labelled=False
+    )
+    images = torch.stack([easy_set[(i, False)]["image"] for i in range(len(easy_set))])
+    confidence = predict_probs(model, images, tuple(images.shape[-2:])).max(dim=1).values
+    params = tiny_params()
+    # The median confidence: some pixels of the tiny model fall below it, some not.
+    params["pseudo_labels"]["confidence_threshold"] = float(confidence.median())
+    write_params(root, params)
+    before = (root / "data/pseudo_labels/index.parquet").read_bytes()
+    try:
+        run_stage("pseudo_labels", root)
+        index = pd.read_parquet(root / "data/pseudo_labels/index.parquet")
+        easy = pd.read_parquet(root / "data/splits/easy.parquet")
+        ignored = kept = 0
+        for label_path, prediction_path in zip(
+            index["label_path"], easy["prediction_path"], strict=True
+        ):
+            label = np.array(Image.open(root / label_path))
+            prediction = np.array(Image.open(root / prediction_path))
+            # Kept pixels are the prediction; the others are ignore.
+            assert (label[label != 255] == prediction[label != 255]).all()
+            ignored, kept = ignored + (label == 255).sum(), kept + (label != 255).sum()
+        assert ignored > 0 and kept > 0
+        assert index["labelled_fraction"].mean() == pytest.approx(kept / (kept + ignored))
+    finally:
+        write_params(root, tiny_params())
+        run_stage("pseudo_labels", root)
+    assert (root / "data/pseudo_labels/index.parquet").read_bytes() == before
 
 
 def test_evaluate_writes_metrics_confusion_matrices_and_panels(project):
     root, _ = project
     report = json.loads((root / "metrics/eval.json").read_text())
     names = list(dataset_classes("synthetic").names)
-    assert list(report) == ["source_only", "inter", "intra"]
+    assert list(report) == ["source_only", "inter", "intra", "diagnostics"]
+    diagnostics = report.pop("diagnostics")
+    assert set(diagnostics) == {
+        "inter_easy_mIoU",
+        "inter_hard_mIoU",
+        "score_error_spearman",
+        "pseudo_label_accuracy",
+        "pseudo_label_coverage",
+    }
+    assert -1.0 <= diagnostics["score_error_spearman"] <= 1.0
+    assert diagnostics["pseudo_label_coverage"] == 100.0
     val = pd.read_parquet(root / "data/target_val/index.parquet")
     labelled = sum(int((np.array(Image.open(root / p)) != 255).sum()) for p in val["label_path"])
     for model, result in report.items():
@@ -163,8 +213,8 @@ def test_bad_lambda_fails_in_one_line_and_leaves_the_splits_untouched(project, t
         write_params(root, tiny_params())
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
-        "error: params.yaml: lambda = 1.5 is invalid: expected a number in (0, 1): "
-        "the fraction of images ranked easy"
+        "error: params.yaml: lambda = 1.5 is invalid: expected a number in (0, 1]: "
+        "the fraction of images ranked easy (1 = self-training on every image)"
     ]
     assert (root / "data/splits/easy.parquet").read_bytes() == before
 
@@ -177,8 +227,22 @@ def test_a_failing_stage_leaves_no_half_written_output(project, monkeypatch):
     def fail_midway(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(module.shutil, "copyfile", fail_midway)
+    monkeypatch.setattr(module, "write_label_png", fail_midway)
     with pytest.raises(RuntimeError, match="disk full"):
         run_stage("pseudo_labels", root)
     assert (root / "data/pseudo_labels/index.parquet").read_bytes() == before
     assert not [p for p in (root / "data").iterdir() if p.name.endswith(".tmp")]
+
+
+def test_lambda_one_self_trains_on_every_image_without_a_hard_split(tmp_path):
+    params = tiny_params()
+    params["lambda"] = 1.0
+    run_pipeline(tmp_path, params)
+    assert len(pd.read_parquet(tmp_path / "data/splits/easy.parquet")) == 10
+    assert len(pd.read_parquet(tmp_path / "data/splits/hard.parquet")) == 0
+    assert len(pd.read_parquet(tmp_path / "data/pseudo_labels/index.parquet")) == 10
+    curves = {p.name for p in (tmp_path / "dvclive/intra/plots/metrics/train").iterdir()}
+    assert "loss_seg_src_main.tsv" in curves
+    assert not [c for c in curves if "adv" in c or "disc" in c or c.startswith("loss_d")]
+    report = json.loads((tmp_path / "metrics/eval.json").read_text())
+    assert report["diagnostics"]["inter_hard_mIoU"] is None
