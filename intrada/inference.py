@@ -58,7 +58,9 @@ def score_images(
     preds_dir.mkdir(parents=True, exist_ok=True)
     entropies = np.empty(len(dataset), np.float64)
     rare_present = np.zeros(len(dataset), np.int64)
-    rare_channels = torch.tensor([classes.names.index(name) for name in rare_classes])
+    rare_channels = torch.tensor(
+        [classes.names.index(name) for name in rare_classes], dtype=torch.long
+    )
     batches = in_order(len(dataset), batch_size)
     for batch in tqdm(
         loader(dataset, batches), total=len(batches), desc="score", file=sys.stderr, disable=None

@@ -83,6 +83,28 @@ def test_score_entropy_writes_a_map_and_prediction_per_image(project):
         assert set(np.unique(prediction).tolist()) <= allowed
 
 
+def test_entropy_normalisation_scales_scores_by_the_rare_classes_shown(project):
+    root, _ = project
+    params = tiny_params()
+    params["inference"].update(normalize_entropy=True, rare_classes=["sky", "car", "road"])
+    write_params(root, params)
+    before = (root / "data/entropy/scores.parquet").read_bytes()
+    try:
+        run_stage("score_entropy", root)
+        scores = pd.read_parquet(root / "data/entropy/scores.parquet")
+    finally:
+        write_params(root, tiny_params())
+        run_stage("score_entropy", root)
+    assert (root / "data/entropy/scores.parquet").read_bytes() == before
+    classes = dataset_classes("synthetic")
+    rare_ids = {classes.train_ids[classes.names.index(n)] for n in ("sky", "car", "road")}
+    for row in scores.itertuples():
+        shown = set(np.unique(np.array(Image.open(root / row.prediction_path))).tolist())
+        assert row.rare_present == len(shown & rare_ids)
+        assert row.score == pytest.approx(row.entropy * ((3 - row.rare_present) / 3 + 0.5))
+    assert scores["rare_present"].max() > 0
+
+
 def test_rank_splits_writes_disjoint_easy_and_hard_tables(project):
     root, _ = project
     easy = pd.read_parquet(root / "data/splits/easy.parquet")
