@@ -7,7 +7,7 @@ INSTALLED := $(VENV)/.installed
 # Stage commands call `python`: put the project's environment first on PATH.
 RUN := PATH="$(CURDIR)/$(BIN):$$PATH"
 
-.PHONY: install repro test lint
+.PHONY: install repro test lint method-gain
 
 install: $(INSTALLED)
 
@@ -24,3 +24,7 @@ test: $(INSTALLED)
 
 lint: $(INSTALLED)
 	$(RUN) ruff check . && $(RUN) ruff format --check .
+
+# Seeds 0-2 with both controls and the lambda sweep: about 40 minutes on 2 CPU cores.
+method-gain: $(INSTALLED)
+	$(RUN) python -m benchmarks.method_gain
