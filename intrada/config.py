@@ -284,9 +284,7 @@ def check_split_sizes(num_images: int, lam: float) -> None:
     """easy = the first int(num_images * lambda) images. Both splits must be non-empty,
     except at lambda = 1, the self-training control, where every image is easy."""
     num_easy = int(num_images * lam)
-    if lam == 1:
-        return
-    if num_easy == 0 or num_easy == num_images:
+    if num_easy == 0 or (num_easy == num_images and lam < 1):
         _fail(
             "lambda",
             lam,

@@ -11,7 +11,7 @@ import pandas as pd
 
 from intrada.classes import IGNORE_INDEX, ClassSet
 from intrada.io import read_label_png
-from intrada.metrics import confusion_matrix, iou_per_class, mean_iou
+from intrada.metrics import confusion_matrix, iou_per_class, mean_iou, percent
 
 
 def average_ranks(values: np.ndarray) -> np.ndarray:
@@ -85,7 +85,7 @@ def split_report(
         )
 
     def split_miou(cms: list[np.ndarray]) -> float | None:
-        return _percent(mean_iou(iou_per_class(sum(cms)))) if cms else None
+        return percent(mean_iou(iou_per_class(sum(cms)))) if cms else None
 
     easy_cms, hard_cms = confusions(easy, "prediction_path"), confusions(hard, "prediction_path")
     ranked = pd.concat([easy, hard], ignore_index=True)
@@ -97,10 +97,6 @@ def split_report(
         "inter_easy_mIoU": split_miou(easy_cms),
         "inter_hard_mIoU": split_miou(hard_cms),
         "score_error_spearman": round(spearman(ranked["score"].to_numpy(), errors), 4),
-        "pseudo_label_accuracy": _percent(np.trace(pseudo_cm) / labelled_pixels),
-        "pseudo_label_coverage": _percent(labelled_pixels / all_pixels),
+        "pseudo_label_accuracy": percent(np.trace(pseudo_cm) / labelled_pixels),
+        "pseudo_label_coverage": percent(labelled_pixels / all_pixels),
     }
-
-
-def _percent(value: float) -> float | None:
-    return None if np.isnan(value) else round(100.0 * float(value), 4)

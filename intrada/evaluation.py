@@ -16,7 +16,7 @@ from intrada.data import SegmentationSet, in_order, loader
 from intrada.entropy import entropy_map
 from intrada.inference import predict_probs
 from intrada.io import atomic_path, write_json, write_rgb_png
-from intrada.metrics import confusion_matrix, iou_per_class, mean_iou
+from intrada.metrics import confusion_matrix, iou_per_class, mean_iou, percent
 from intrada.viz import colorize_channels, entropy_rgb, panel
 
 
@@ -39,8 +39,8 @@ def iou_report(cm: np.ndarray, classes: ClassSet) -> dict:
     never predicted), left out of the mean."""
     iou = iou_per_class(cm)
     return {
-        "mIoU": _percent(mean_iou(iou)),
-        "IoU": {name: _percent(v) for name, v in zip(classes.names, iou, strict=True)},
+        "mIoU": percent(mean_iou(iou)),
+        "IoU": {name: percent(v) for name, v in zip(classes.names, iou, strict=True)},
     }
 
 
@@ -48,10 +48,6 @@ def confusion_table(cm: np.ndarray, classes: ClassSet) -> pd.DataFrame:
     """The confusion matrix with class names as index (truth) and columns (prediction)."""
     names = list(classes.names)
     return pd.DataFrame(cm, index=pd.Index(names, name="truth"), columns=names)
-
-
-def _percent(value: float) -> float | None:
-    return None if np.isnan(value) else round(100.0 * float(value), 4)
 
 
 @torch.no_grad()

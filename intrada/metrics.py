@@ -38,3 +38,8 @@ def mean_iou(iou: np.ndarray) -> float:
     """Mean over the classes that have an IoU; NaN if none has."""
     iou = np.asarray(iou, dtype=np.float64)
     return float(np.nanmean(iou)) if np.isfinite(iou).any() else float("nan")
+
+
+def percent(value: float) -> float | None:
+    """A fraction as a percentage rounded for reports; None (JSON null) for NaN."""
+    return None if np.isnan(value) else round(100.0 * float(value), 4)

@@ -21,8 +21,8 @@ def rank_splits(scores: pd.DataFrame, lam: float) -> tuple[pd.DataFrame, pd.Data
             f"scores: image {bad!r} has score NaN (a diverged model?); "
             "expected finite scores for every image"
         )
-    num_easy = len(scores) if lam == 1 else int(len(scores) * lam)
-    if num_easy == 0 or (num_easy == len(scores) and lam != 1):
+    num_easy = int(len(scores) * lam)
+    if num_easy == 0 or (num_easy == len(scores) and lam < 1):
         raise IntradaError(
             f"lambda = {lam} leaves a split empty for {len(scores)} images "
             f"(easy = int(N * lambda) = {num_easy}); expected both non-empty"
