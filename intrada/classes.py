@@ -1,7 +1,9 @@
-"""Class tables: Cityscapes train ids, names and palette, and the class set of each dataset.
+"""Class tables: Cityscapes ids, train ids, names and palette, and the class set of each
+dataset.
 
-Label files on disk always hold Cityscapes *train ids* (255 = ignore), whatever the
-dataset, so label PNGs are interchangeable with the real benchmarks. A network predicts
+Inside the pipeline every label is a Cityscapes *train id* (255 = ignore). Raw datasets
+store other encodings (`LABEL_ENCODINGS`): GTA5 and Cityscapes store Cityscapes label
+ids, SYNTHIA its own class ids; `label_lut` maps each to train ids. A network predicts
 one channel per class of its dataset; `ClassSet` maps between train ids and channels.
 The Cityscapes table comes from torchvision rather than being written out by hand.
 """
@@ -26,6 +28,78 @@ SYNTHETIC_CLASS_NAMES = (
     "person",
     "car",
 )
+
+
+# Label encodings on disk: what a label PNG's pixel values mean.
+TRAIN_ID = "train_id"  # Cityscapes train ids (8-bit): pseudo-labels, predictions
+CITYSCAPES_ID = "cityscapes_id"  # Cityscapes label ids (8-bit): Cityscapes gtFine, GTA5
+SYNTHIA_ID = "synthia_id"  # SYNTHIA's class ids in the first channel of a 16-bit PNG
+LABEL_ENCODINGS = (TRAIN_ID, CITYSCAPES_ID, SYNTHIA_ID)
+
+# SYNTHIA-RAND-CITYSCAPES class ids (from the dataset's README) of the 16 classes it shares
+# with Cityscapes; every other id (void, parking slot, road work, lane marking) is ignored.
+SYNTHIA_ID_TO_CLASS = {
+    1: "sky",
+    2: "building",
+    3: "road",
+    4: "sidewalk",
+    5: "fence",
+    6: "vegetation",
+    7: "pole",
+    8: "car",
+    9: "traffic sign",
+    10: "person",  # SYNTHIA's "pedestrian"
+    11: "bicycle",
+    12: "motorcycle",
+    15: "traffic light",
+    17: "rider",
+    19: "bus",
+    21: "wall",
+}
+# SYNTHIA -> Cityscapes is also reported on 13 classes, without wall, fence and pole
+# (the paper's mIoU*).
+SYNTHIA_13_EXCLUDED = ("wall", "fence", "pole")
+
+
+@cache
+def cityscapes_label_ids() -> tuple[tuple[int, int, str], ...]:
+    """(label id, train id, name) of every Cityscapes class with a non-negative id, from
+    torchvision's table; classes that are not evaluated have train id 255."""
+    from torchvision.datasets import Cityscapes  # heavy import: only where needed
+
+    return tuple(
+        (c.id, c.train_id if 0 <= c.train_id < IGNORE_INDEX else IGNORE_INDEX, c.name)
+        for c in Cityscapes.classes
+        if c.id >= 0
+    )
+
+
+def label_lut(encoding: str) -> np.ndarray:
+    """A lookup table from an encoding's pixel values to train ids (uint8, 255 = ignore):
+    256 entries for 8-bit encodings, 65536 for SYNTHIA's 16-bit ids."""
+    if encoding == TRAIN_ID:
+        return np.arange(256, dtype=np.uint8)  # 255 stays 255; unknown ids are ignored later
+    if encoding == CITYSCAPES_ID:
+        lut = np.full(256, IGNORE_INDEX, dtype=np.uint8)
+        for label_id, train_id, _ in cityscapes_label_ids():
+            lut[label_id] = train_id
+        return lut
+    if encoding == SYNTHIA_ID:
+        lut = np.full(65536, IGNORE_INDEX, dtype=np.uint8)
+        train_id = {name: tid for tid, name, _ in cityscapes_train_classes()}
+        for synthia_id, name in SYNTHIA_ID_TO_CLASS.items():
+            lut[synthia_id] = train_id[name]
+        return lut
+    raise ValueError(f"unknown label encoding {encoding!r}; expected one of {LABEL_ENCODINGS}")
+
+
+def train_id_to_label_id() -> np.ndarray:
+    """A 256-entry table: train id -> Cityscapes label id (255 -> 0, "unlabeled")."""
+    lut = np.zeros(256, dtype=np.uint8)
+    for label_id, train_id, _ in cityscapes_label_ids():
+        if train_id != IGNORE_INDEX:
+            lut[train_id] = label_id
+    return lut
 
 
 @cache
@@ -85,8 +159,27 @@ def class_set(names: tuple[str, ...] | list[str]) -> ClassSet:
     )
 
 
+# Source datasets: each is adapted to Cityscapes (or, for the synthetic benchmark, to its
+# own Cityscapes-layout target).
+DATASETS = ("synthetic", "gta5", "synthia")
+
+
 def dataset_classes(dataset: str) -> ClassSet:
-    """The class set a dataset is trained and evaluated on."""
+    """The class set a source dataset is trained and evaluated on: the synthetic
+    benchmark's 8 classes, GTA5 -> Cityscapes' 19, SYNTHIA -> Cityscapes' 16."""
     if dataset == "synthetic":
         return class_set(SYNTHETIC_CLASS_NAMES)
-    raise ValueError(f"unknown dataset {dataset!r}")
+    if dataset == "gta5":
+        return class_set([name for _, name, _ in cityscapes_train_classes()])
+    if dataset == "synthia":
+        shared = set(SYNTHIA_ID_TO_CLASS.values())
+        return class_set([name for _, name, _ in cityscapes_train_classes() if name in shared])
+    raise ValueError(f"unknown dataset {dataset!r}; expected one of {DATASETS}")
+
+
+def evaluation_subsets(dataset: str) -> dict[str, tuple[str, ...]]:
+    """Extra mIoUs a dataset reports, each over a subset of its classes: {key: names}."""
+    if dataset == "synthia":
+        names = dataset_classes("synthia").names
+        return {"mIoU_13": tuple(n for n in names if n not in SYNTHIA_13_EXCLUDED)}
+    return {}

@@ -1,7 +1,8 @@
 """Datasets read from index tables, and the order in which training visits them.
 
 Index tables (Parquet) have one row per image: `image_id`, `image_path` and, when
-labelled, `label_path`. Paths are relative to the project root (the folder holding
+labelled, `label_path` and `label_encoding` (how the label file stores classes; train ids
+when the column is absent). Paths are relative to the project root (the folder holding
 dvc.yaml) or absolute; readers resolve them against a `root` they are given.
 """
 
@@ -13,11 +14,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from intrada.classes import ClassSet
+from intrada.classes import TRAIN_ID, ClassSet
 from intrada.errors import IntradaError
-from intrada.io import read_label_png, read_parquet, read_rgb
+from intrada.io import read_label, read_parquet, read_rgb
 
 
 def load_index(path: str | Path, labelled: bool) -> pd.DataFrame:
@@ -32,17 +34,46 @@ def load_index(path: str | Path, labelled: bool) -> pd.DataFrame:
     return df.reset_index(drop=True)
 
 
+def resize_image(image: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
+    """(H, W, 3) uint8 resized to size = (width, height), bicubic as the reference code."""
+    if size is None or (image.shape[1], image.shape[0]) == tuple(size):
+        return image
+    return np.array(Image.fromarray(image).resize(tuple(size), Image.BICUBIC))
+
+
+def resize_label(label: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
+    """(H, W) uint8 label resized to size = (width, height), nearest neighbour."""
+    if size is None or (label.shape[1], label.shape[0]) == tuple(size):
+        return label
+    return np.array(Image.fromarray(label).resize(tuple(size), Image.NEAREST))
+
+
 class SegmentationSet(Dataset):
     """Images (float [0, 1], CHW) and, when labelled, labels as class channels (255 = ignore).
+
+    With `size` = (width, height) images are resized to it, and labels too unless
+    `resize_labels` is false: evaluation keeps labels at their own resolution and
+    upsamples predictions to it.
 
     Items are addressed by `(index, flip)` so that the sampler, not the dataset, owns
     every random choice: the visiting order is then a pure function of the seed.
     """
 
-    def __init__(self, table: pd.DataFrame, classes: ClassSet, root: Path, labelled: bool):
+    def __init__(
+        self,
+        table: pd.DataFrame,
+        classes: ClassSet,
+        root: Path,
+        labelled: bool,
+        size: tuple[int, int] | None = None,
+        resize_labels: bool = True,
+    ):
         self.ids = table["image_id"].tolist()
         self.image_paths = [root / p for p in table["image_path"]]
         self.label_paths = [root / p for p in table["label_path"]] if labelled else None
+        self.encodings = list(table.get("label_encoding", [TRAIN_ID] * len(table)))
+        self.size = tuple(size) if size is not None else None
+        self.resize_labels = resize_labels
         self.num_classes = len(classes)
         self.lut = torch.from_numpy(classes.train_id_to_channel())
 
@@ -51,11 +82,15 @@ class SegmentationSet(Dataset):
 
     def __getitem__(self, item: tuple[int, bool]) -> dict[str, torch.Tensor]:
         index, flip = item
-        image = torch.from_numpy(read_rgb(self.image_paths[index])).permute(2, 0, 1)
+        image = resize_image(read_rgb(self.image_paths[index]), self.size)
+        image = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
         sample = {"image": image.float().div_(255.0), "index": torch.tensor(index)}
         if self.label_paths is not None:
-            label = torch.from_numpy(read_label_png(self.label_paths[index]))
-            if label.shape != image.shape[1:]:
+            label = read_label(self.label_paths[index], self.encodings[index])
+            if self.resize_labels:
+                label = resize_label(label, self.size)
+            label = torch.from_numpy(np.ascontiguousarray(label))
+            if self.size is None and label.shape != image.shape[1:]:
                 raise IntradaError(
                     f"{self.label_paths[index]}: label size {tuple(label.shape)} differs from "
                     f"its image {tuple(image.shape[1:])}; expected the same height and width"

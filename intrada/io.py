@@ -7,6 +7,7 @@ place, so a failure never leaves a half-written artifact nor touches an earlier 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import shutil
@@ -84,7 +85,7 @@ def write_label_png(path: str | Path, label: np.ndarray) -> None:
 
 
 def read_label_png(path: str | Path) -> np.ndarray:
-    """A label PNG as a (H, W) uint8 array of train ids."""
+    """An 8-bit single-channel label PNG as a (H, W) uint8 array of its pixel values."""
     try:
         with Image.open(path) as img:
             if img.mode not in ("L", "P"):
@@ -92,6 +93,52 @@ def read_label_png(path: str | Path) -> np.ndarray:
             return np.array(img, dtype=np.uint8)
     except (OSError, SyntaxError) as exc:
         raise IntradaError(f"{path}: unreadable label image ({exc})") from exc
+
+
+def read_label(path: str | Path, encoding: str) -> np.ndarray:
+    """A label file of any encoding (`intrada.classes.LABEL_ENCODINGS`) as (H, W) uint8
+    train ids, 255 = ignore."""
+    from intrada.classes import SYNTHIA_ID
+
+    raw = read_synthia_label(path) if encoding == SYNTHIA_ID else read_label_png(path)
+    return _lut(encoding)[raw]
+
+
+@functools.cache
+def _lut(encoding: str) -> np.ndarray:
+    from intrada.classes import label_lut
+
+    return label_lut(encoding)
+
+
+def read_synthia_label(path: str | Path) -> np.ndarray:
+    """SYNTHIA's class ids: the first channel of its 16-bit label PNGs, as (H, W) uint16.
+
+    Pillow reduces 16-bit colour PNGs to their high bytes, which would turn every id into
+    0, so OpenCV decodes these. OpenCV orders channels BGR: the file's first is the last.
+    """
+    import cv2  # only SYNTHIA needs it
+
+    data = np.fromfile(path, dtype=np.uint8) if Path(path).is_file() else None
+    if data is None:
+        raise IntradaError(f"{path}: file not found; expected a SYNTHIA label PNG")
+    label = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    if label is None:
+        raise IntradaError(f"{path}: unreadable label image; expected a 16-bit PNG")
+    if label.dtype != np.uint16:
+        raise IntradaError(f"{path}: label is {label.dtype}; expected a 16-bit PNG (SYNTHIA ids)")
+    return label if label.ndim == 2 else label[:, :, 2 if label.shape[2] >= 3 else 0]
+
+
+def image_header(path: str | Path) -> tuple[int, int]:
+    """(width, height) of an image file from its header: a cheap check that it is an image."""
+    try:
+        with Image.open(path) as img:
+            return img.size
+    except FileNotFoundError:
+        raise IntradaError(f"{path}: file not found") from None
+    except (OSError, SyntaxError) as exc:
+        raise IntradaError(f"{path}: unreadable image ({exc})") from exc
 
 
 def write_rgb_png(path: str | Path, image: np.ndarray) -> None:

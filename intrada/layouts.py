@@ -1,0 +1,173 @@
+"""Raw dataset trees, read in place and indexed into the pipeline's tables.
+
+Layouts (paths relative to the dataset root named in params.yaml):
+
+- GTA5: `images/<name>.png` with `labels/<name>.png` (Cityscapes label ids, 8-bit);
+- SYNTHIA-RAND-CITYSCAPES: `RGB/<name>.png` with `GT/LABELS/<name>.png` (16-bit, SYNTHIA's
+  class ids in the first channel);
+- Cityscapes: `leftImg8bit/<split>/<city>/<stem>_leftImg8bit.png` with
+  `gtFine/<split>/<city>/<stem>_gtFine_labelIds.png` (Cityscapes label ids, 8-bit).
+
+The embedded synthetic benchmark is written in the GTA5 layout (source) and the
+Cityscapes layout (target), so the same readers serve it.
+
+An index table has one row per image: `image_id`, `image_path` and, when labelled,
+`label_path` and `label_encoding`. Paths are the root as given joined with the file's
+place in the layout. `check_pairs` is the fast validation pass run before any training.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pandas as pd
+from PIL import Image
+from tqdm import tqdm
+
+from intrada.classes import CITYSCAPES_ID, SYNTHIA_ID
+from intrada.errors import IntradaError
+from intrada.io import image_header, read_label, read_rgb
+
+GTA5_LAYOUT = "GTA5 layout (images/*.png with labels/*.png)"
+SYNTHIA_LAYOUT = "SYNTHIA-RAND-CITYSCAPES layout (RGB/*.png with GT/LABELS/*.png)"
+CITYSCAPES_LAYOUT = (
+    "Cityscapes layout (leftImg8bit/{split}/<city>/*_leftImg8bit.png with "
+    "gtFine/{split}/<city>/*_gtFine_labelIds.png)"
+)
+CITYSCAPES_IMAGE_SUFFIX = "_leftImg8bit.png"
+CITYSCAPES_LABEL_SUFFIX = "_gtFine_labelIds.png"
+
+# Which layout each source dataset is stored in.
+SOURCE_LAYOUTS = {"synthetic": "gta5", "gta5": "gta5", "synthia": "synthia"}
+
+
+def _require_dir(root: Path, sub: str, layout: str) -> Path:
+    if not root.is_dir():
+        raise IntradaError(f"{root}: dataset root not found; expected a folder in the {layout}")
+    folder = root / sub
+    if not folder.is_dir():
+        raise IntradaError(f"{root}: no {sub}/ folder; expected the {layout}")
+    return folder
+
+
+def _paired(
+    root: Path, images: list[Path], label_of, layout: str, encoding: str, id_of
+) -> pd.DataFrame:
+    if not images:
+        raise IntradaError(f"{root}: no images found; expected the {layout}")
+    rows = []
+    for image in images:
+        label = label_of(image)
+        if not label.is_file():
+            raise IntradaError(f"{image}: image without its label; expected {label}")
+        rows.append(
+            {
+                "image_id": id_of(image),
+                "image_path": image.as_posix(),
+                "label_path": label.as_posix(),
+                "label_encoding": encoding,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def index_gta5(root: str | Path) -> pd.DataFrame:
+    """GTA5 (and the synthetic benchmark's source): images/*.png, labels/*.png."""
+    root = Path(root)
+    images = sorted(_require_dir(root, "images", GTA5_LAYOUT).glob("*.png"))
+    _require_dir(root, "labels", GTA5_LAYOUT)
+    return _paired(
+        root,
+        images,
+        lambda image: root / "labels" / image.name,
+        GTA5_LAYOUT,
+        CITYSCAPES_ID,
+        lambda image: image.stem,
+    )
+
+
+def index_synthia(root: str | Path) -> pd.DataFrame:
+    """SYNTHIA-RAND-CITYSCAPES: RGB/*.png, GT/LABELS/*.png."""
+    root = Path(root)
+    images = sorted(_require_dir(root, "RGB", SYNTHIA_LAYOUT).glob("*.png"))
+    _require_dir(root, "GT/LABELS", SYNTHIA_LAYOUT)
+    return _paired(
+        root,
+        images,
+        lambda image: root / "GT" / "LABELS" / image.name,
+        SYNTHIA_LAYOUT,
+        SYNTHIA_ID,
+        lambda image: image.stem,
+    )
+
+
+def index_cityscapes(root: str | Path, split: str) -> pd.DataFrame:
+    """One Cityscapes split (`train` or `val`), every city, images with fine labels."""
+    root = Path(root)
+    layout = CITYSCAPES_LAYOUT.format(split=split)
+    image_dir = _require_dir(root, f"leftImg8bit/{split}", layout)
+    label_dir = _require_dir(root, f"gtFine/{split}", layout)
+    images = sorted(image_dir.glob(f"*/*{CITYSCAPES_IMAGE_SUFFIX}"))
+
+    def stem(image: Path) -> str:
+        return image.name.removesuffix(CITYSCAPES_IMAGE_SUFFIX)
+
+    return _paired(
+        root,
+        images,
+        lambda image: label_dir / image.parent.name / f"{stem(image)}{CITYSCAPES_LABEL_SUFFIX}",
+        layout,
+        CITYSCAPES_ID,
+        stem,
+    )
+
+
+def index_source(dataset: str, root: str | Path) -> pd.DataFrame:
+    """The labelled source set of a source dataset, in its layout."""
+    layout = SOURCE_LAYOUTS[dataset]
+    return index_synthia(root) if layout == "synthia" else index_gta5(root)
+
+
+def check_pairs(table: pd.DataFrame, decode: bool, drop_mismatched: bool = False) -> pd.DataFrame:
+    """The validation pass: every image and label opens and each label has its image's size.
+
+    Reads file headers only, or with `decode` every pixel (slower, also finds truncated
+    files). Raises one `IntradaError` naming the first bad file, before any training; with
+    `drop_mismatched` a pair of different sizes is left out instead (the returned table).
+    """
+    keep = []
+    rows = table.itertuples(index=False)
+    for row in tqdm(rows, total=len(table), desc="check", file=sys.stderr, disable=None):
+        image_size = _check_image(Path(row.image_path), decode)
+        label_size = _check_label(Path(row.label_path), row.label_encoding, decode)
+        if label_size != image_size:
+            if drop_mismatched:
+                keep.append(False)
+                continue
+            raise IntradaError(
+                f"{row.label_path}: label is {label_size[0]}x{label_size[1]} but its image "
+                f"{row.image_path} is {image_size[0]}x{image_size[1]}; expected the same size "
+                "(data.drop_mismatched_sizes: true leaves such pairs out)"
+            )
+        keep.append(True)
+    return table[keep].reset_index(drop=True)
+
+
+def _check_image(path: Path, decode: bool) -> tuple[int, int]:
+    if decode:
+        image = read_rgb(path)
+        return image.shape[1], image.shape[0]
+    return image_header(path)
+
+
+def _check_label(path: Path, encoding: str, decode: bool) -> tuple[int, int]:
+    if decode:
+        label = read_label(path, encoding)
+        return label.shape[1], label.shape[0]
+    size = image_header(path)
+    if encoding != SYNTHIA_ID:
+        with Image.open(path) as img:
+            if img.mode not in ("L", "P"):
+                raise IntradaError(f"{path}: label mode {img.mode}; expected 8-bit single channel")
+    return size
