@@ -19,7 +19,7 @@ from intrada.config import ModelParams, TrainParams, as_dict
 from intrada.data import SegmentationSet, load_index
 from intrada.errors import IntradaError
 from intrada.io import atomic_path
-from intrada.models import build_model
+from intrada.models import build_model, load_pretrained
 from intrada.training import train
 
 log = logging.getLogger(__name__)
@@ -28,29 +28,47 @@ log = logging.getLogger(__name__)
 RUN_KEYS = {"source_only": 1, "inter": 2, "intra": 3}
 
 
+# The data keys training reads (dvc.yaml declares these for the training stages).
+TRAINING_DATA_KEYS = ("name", "source_size", "target_size")
+
+
 def declared_params(sections: dict[str, Any]) -> dict[str, Any]:
     """What a training stage records as "trained with": its params as dvc.yaml declares
-    them (of `data` only the dataset name, the one data key training reads)."""
+    them (of `data` only the keys training reads: the dataset's roots may differ between
+    machines holding the same data)."""
     params = {k: as_dict(v) for k, v in sections.items() if k != "data"}
-    params["data"] = {"name": sections["data"].name}
+    data = as_dict(sections["data"])
+    params["data"] = {k: data[k] for k in TRAINING_DATA_KEYS}
     return params
 
 
 def arch_config(model_params: ModelParams) -> dict[str, Any]:
-    """Constructor arguments of the architecture (everything but its name)."""
-    return {k: v for k, v in as_dict(model_params).items() if k != "name"}
+    """Constructor arguments of the architecture: everything but its name and the
+    ImageNet weights file (an input of training, not a property of the network)."""
+    return {k: v for k, v in as_dict(model_params).items() if k not in ("name", "pretrained")}
 
 
 def initial_model(
-    model_params: ModelParams, classes: ClassSet, seed: int, init_path: Path | None
+    model_params: ModelParams,
+    classes: ClassSet,
+    seed: int,
+    init_path: Path | None,
+    pretrained: bool = False,
 ) -> tuple[nn.Module, dict[str, Any] | None]:
-    """A fresh network (seeded), or the weights of an earlier stage's model file.
+    """A fresh network (seeded; with `pretrained`, its backbone from `model.pretrained`),
+    or the weights of an earlier stage's model file.
 
-    Returns the model and, when loaded, where from (path and that model's params hash).
+    Returns the model and, when loaded, where from (path and, for a model file, that
+    model's params hash).
     """
     torch.manual_seed(seed)
     if init_path is None:
-        return build_model(model_params.name, len(classes), **arch_config(model_params)), None
+        model = build_model(model_params.name, len(classes), **arch_config(model_params))
+        if not pretrained:
+            return model, None
+        ignored = load_pretrained(model, model_params.pretrained)
+        log.info("backbone from %s (ignored: %d keys)", model_params.pretrained, len(ignored))
+        return model, {"path": Path(model_params.pretrained).as_posix(), "stage": "pretrained"}
     model, meta = load_model(init_path, classes)
     wanted = (model_params.name, arch_config(model_params))
     if (meta["arch"], meta["arch_config"]) != wanted:
@@ -78,20 +96,31 @@ def run_training(
     model_out: Path,
     live_dir: Path,
     params: dict[str, Any],
+    source_size: tuple[int, int] | None = None,
+    target_size: tuple[int, int] | None = None,
     root: Path = Path("."),
 ) -> nn.Module:
     """Train on a labelled source-like index (and an unlabelled target index unless the
-    method is source_only), log curves with dvclive and save the model with provenance."""
+    method is source_only), log curves with dvclive and save the model with provenance.
+
+    Images (and source labels) are resized to `source_size` / `target_size` (width,
+    height); None keeps them as stored."""
     source_table = load_index(source_index, labelled=True)
-    source = SegmentationSet(source_table, classes, root, labelled=True)
+    source = SegmentationSet(source_table, classes, root, labelled=True, size=source_size)
     target = None
     if cfg.method != "source_only":
         if target_index is None:
             raise IntradaError(f"{stage}.method = {cfg.method} needs a target index")
         target = SegmentationSet(
-            load_index(target_index, labelled=False), classes, root, labelled=False
+            load_index(target_index, labelled=False),
+            classes,
+            root,
+            labelled=False,
+            size=target_size,
         )
-    model, init_from = initial_model(model_params, classes, seed, init_path)
+    model, init_from = initial_model(
+        model_params, classes, seed, init_path, pretrained=cfg.init == "pretrained"
+    )
     log.info(
         "%s: %s training, %d iterations, %d source-like%s images, start: %s",
         stage,

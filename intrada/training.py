@@ -109,12 +109,10 @@ class AdaptationStep:
         self.discs = Discriminators.create(num_classes, cfg) if cfg.method == "advent" else None
 
     def set_iteration(self, it: int) -> None:
-        set_lr(self.optimizer, poly_lr(self.cfg.lr, it, self.cfg.iterations, self.cfg.poly_power))
+        total = self.cfg.schedule_iterations or self.cfg.iterations
+        set_lr(self.optimizer, poly_lr(self.cfg.lr, it, total, self.cfg.poly_power))
         if self.discs is not None:
-            set_lr(
-                self.discs.optimizer,
-                poly_lr(self.cfg.lr_disc, it, self.cfg.iterations, self.cfg.poly_power),
-            )
+            set_lr(self.discs.optimizer, poly_lr(self.cfg.lr_disc, it, total, self.cfg.poly_power))
 
     def __call__(self, src: dict, trg: dict | None) -> dict[str, float]:
         cfg, losses = self.cfg, {}

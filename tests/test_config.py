@@ -66,22 +66,56 @@ def test_unknown_nested_key_is_named_with_its_section(tmp_path, params):
 @pytest.mark.parametrize(
     ("section", "key", "value", "message"),
     [
-        ("model", "name", "resnet", r"model\.name = 'resnet' .* one of small"),
+        ("model", "name", "resnet", r"model\.name = 'resnet' .* one of small, deeplabv2"),
         ("inter", "method", "fda", r"inter\.method = 'fda' .* one of source_only, advent, minent"),
-        ("data", "num_source", 0, r"data\.num_source = 0 .* positive"),
-        ("data", "num_target_val", -3, r"data\.num_target_val = -3"),
+        ("generate.synthetic", "num_source", 0, r"generate\.synthetic\.num_source = 0 .* positive"),
+        ("generate.synthetic", "num_target_val", -3, r"generate\.synthetic\.num_target_val = -3"),
+        (
+            "data",
+            "name",
+            "cityscapes",
+            r"data\.name = 'cityscapes' .* one of synthetic, gta5, synthia",
+        ),
+        ("data", "target_size", [64], r"data\.target_size = \[64\] .* \[width, height\]"),
+        (
+            "data",
+            "source_root",
+            "elsewhere",
+            r"data\.source_root = 'elsewhere' .* data/synthetic/source",
+        ),
+        ("data", "verify", "maybe", r"data\.verify = 'maybe' .* one of header, decode"),
+        (
+            "inter",
+            "schedule_iterations",
+            2,
+            r"inter\.schedule_iterations = 2 .* at least inter\.iterations",
+        ),
         ("intra", "iterations", 0, r"intra\.iterations = 0 .* positive"),
         ("source_only", "batch_size", 2.5, r"source_only\.batch_size = 2\.5 .* an integer"),
-        ("inter", "init", "inter", r"inter\.init = 'inter' .* one of scratch, source_only"),
+        (
+            "inter",
+            "init",
+            "inter",
+            r"inter\.init = 'inter' .* one of scratch, pretrained, source_only",
+        ),
+        (
+            "inter",
+            "init",
+            "pretrained",
+            r"inter\.init = 'pretrained' .* small has no ImageNet weights",
+        ),
         ("source_only", "method", "advent", r"source_only\.method = 'advent'"),
         ("inter", "freeze_bn", "yes please", r"inter\.freeze_bn .* true or false"),
-        ("data", "height", 30, r"data\.height = 30 .* multiple of 8"),
+        ("generate.synthetic", "height", 30, r"generate\.synthetic\.height = 30 .* multiple of 8"),
     ],
 )
 def test_bad_values_fail_with_one_line_naming_the_key(
     tmp_path, params, section, key, value, message
 ):
-    params[section][key] = value
+    node = params
+    for part in section.split("."):
+        node = node[part]
+    node[key] = value
     with pytest.raises(ParamsError, match=message) as info:
         check(tmp_path, params)
     assert "\n" not in str(info.value)
@@ -132,3 +166,37 @@ def test_sections_parse_into_typed_objects():
     assert inter.disc_channels == tuple(raw["inter"]["disc_channels"])
     assert isinstance(inter.lr, float) and isinstance(inter.iterations, int)
     assert get(raw, "lambda") == raw["lambda"]
+
+
+def test_a_real_dataset_needs_its_roots_on_disk(tmp_path, params):
+    params["data"].update(name="gta5", source_root=str(tmp_path / "GTA5"))
+    params["generate"] = {}
+    params["inference"]["rare_classes"] = ["pole", "person"]
+    with pytest.raises(ParamsError, match=r"data\.source_root = '.*GTA5' .* existing folder"):
+        check(tmp_path, params)
+    (tmp_path / "GTA5").mkdir()
+    params["data"]["target_root"] = str(tmp_path / "GTA5")
+    check(tmp_path, params)
+
+
+def test_generate_must_match_the_dataset(tmp_path, params):
+    params["data"].update(name="gta5", source_root=str(tmp_path), target_root=str(tmp_path))
+    with pytest.raises(ParamsError, match=r"generate = .* \{\} when data.name is gta5"):
+        check(tmp_path, params)
+    params["data"].update(name="synthetic", source_root="data/synthetic/source")
+    params["data"]["target_root"] = "data/synthetic/target"
+    params["generate"] = {}
+    with pytest.raises(ParamsError, match=r"generate\.synthetic is missing"):
+        check(tmp_path, params)
+
+
+def test_pretrained_init_needs_the_weights_file(tmp_path, params):
+    params["model"] = {"name": "deeplabv2", "weights_format": "torchvision"}
+    params["intra"]["init"] = "pretrained"
+    with pytest.raises(ParamsError, match=r"model\.pretrained is missing: intra\.init"):
+        check(tmp_path, params)
+    params["model"]["pretrained"] = str(tmp_path / "resnet101.pth")
+    with pytest.raises(ParamsError, match=r"model\.pretrained = .* an existing ImageNet"):
+        check(tmp_path, params)
+    (tmp_path / "resnet101.pth").write_bytes(b"")
+    check(tmp_path, params)

@@ -1,0 +1,196 @@
+"""DeepLab-v2 with a ResNet-101 backbone, as in the AdvEnt / IntraDA reference code.
+
+torchvision's ResNet-101 with layer3 and layer4 dilated instead of strided (output
+stride 8). Two ASPP classifiers: `aux` on layer3 (1024 channels), `main` on layer4 (2048
+channels). Takes RGB images in [0, 1]; returns (aux, main) class scores at 1/8 resolution.
+
+`weights_format` says which ImageNet file the backbone is meant to start from; the two
+differ in structure and input normalisation, so it is part of the architecture:
+
+- "torchvision": torchvision's ResNet-101 as is (layer2 strides in its first 3x3 conv),
+  input normalised with the ImageNet mean and std on RGB in [0, 1].
+- "deeplab": the Caffe-converted `DeepLab_resnet_pretrained_imagenet.pth` that the
+  reference code loads: layer2 strides in its first 1x1 conv, the max-pool rounds up
+  (`ceil_mode`), and the input is BGR in [0, 255] minus the Caffe mean, with no std.
+
+`load_pretrained` accepts these key layouts (`torch.load(..., weights_only=True)`):
+
+1. a state dict saved from torchvision's `resnet101()`: `conv1.weight`, `bn1.*`,
+   `layer1.0.conv1.weight`, ..., `layer4.*`, and `fc.*` (ignored);
+2. the DeepLab-converted file: the same names with a `Scale.` prefix (e.g.
+   `Scale.layer1.0.downsample.0.weight`) and its own classifier under `Scale.layer5.*`
+   (ignored, as the reference code does); also accepted without the prefix;
+3. either of them wrapped as `{"state_dict": {...}}` or `{"model": {...}}`.
+
+`num_batches_tracked` entries may be missing (files from old PyTorch); every other
+backbone tensor must be present with the model's shape, and nothing else but the ignored
+heads may be there. A file whose layout shows (`Scale.` or `layer5.*`: DeepLab; `fc.*`:
+torchvision) must match the model's `weights_format`. The classifiers always keep their
+initialisation.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+from torchvision.models import resnet101
+
+from intrada.errors import IntradaError
+from intrada.models.small import DilatedClassifier
+
+WEIGHTS_FORMATS = ("torchvision", "deeplab")
+ASPP_RATES = (6, 12, 18, 24)
+# Input normalisation per weights format: (mean, std, as BGR in [0, 255]).
+NORMALISATION = {
+    "torchvision": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225), False),
+    # The Caffe mean of the DeepLab release, in B, G, R order; Caffe divides by no std.
+    "deeplab": ((104.00698793, 116.66876762, 122.67891434), (1.0, 1.0, 1.0), True),
+}
+EXPECTED = "expected an ImageNet ResNet-101 state dict (torchvision or DeepLab layout)"
+DEEPLAB_PREFIX = "Scale."
+# Heads of the ImageNet files; the segmentation classifiers are trained from scratch.
+IGNORED_PREFIXES = ("fc.", "layer5.")
+
+
+def aspp_classifier(cin: int, num_classes: int) -> nn.Module:
+    head = DilatedClassifier(cin, num_classes, ASPP_RATES)
+    for conv in head.modules():
+        if isinstance(conv, nn.Conv2d):
+            # The reference initialises the classifier weights (not the biases) so.
+            nn.init.normal_(conv.weight, 0.0, 0.01)
+    return head
+
+
+class DeepLabV2(nn.Module):
+    """Takes RGB images in [0, 1]; returns (aux, main) class scores at 1/8 resolution."""
+
+    def __init__(self, num_classes: int, weights_format: str = "torchvision"):
+        super().__init__()
+        if weights_format not in WEIGHTS_FORMATS:
+            raise ValueError(
+                f"unknown weights_format {weights_format!r}; expected one of {WEIGHTS_FORMATS}"
+            )
+        self.weights_format = weights_format
+        backbone = resnet101(weights=None, replace_stride_with_dilation=[False, True, True])
+        # Only the convolutional trunk is used.
+        del backbone.avgpool, backbone.fc
+        # torchvision keeps the previous dilation in the first block of a dilated layer;
+        # DeepLab-v2 dilates every block of layer3 by 2 and of layer4 by 4.
+        for layer, dilation in ((backbone.layer3, 2), (backbone.layer4, 4)):
+            for block in layer:
+                block.conv2.dilation = (dilation, dilation)
+                block.conv2.padding = (dilation, dilation)
+        if weights_format == "deeplab":
+            # The Caffe ResNet strides in the 1x1 conv and rounds the pooled size up; the
+            # converted weights were learnt with that geometry.
+            backbone.layer2[0].conv1.stride = (2, 2)
+            backbone.layer2[0].conv2.stride = (1, 1)
+            backbone.maxpool.ceil_mode = True
+        self.backbone = backbone
+        self.aux_classifier = aspp_classifier(1024, num_classes)
+        self.main_classifier = aspp_classifier(2048, num_classes)
+
+        mean, std, self.bgr255 = NORMALISATION[weights_format]
+        # Constants of the format, not weights: kept out of the state dict.
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.bgr255:
+            x = x.flip(1) * 255.0
+        x = (x - self.mean) / self.std
+        b = self.backbone
+        x = b.maxpool(b.relu(b.bn1(b.conv1(x))))
+        x3 = b.layer3(b.layer2(b.layer1(x)))
+        x4 = b.layer4(x3)
+        return self.aux_classifier(x3), self.main_classifier(x4)
+
+    def param_groups(self) -> list[tuple[list[nn.Parameter], float]]:
+        """(parameters, learning-rate multiplier) groups: the classifiers learn 10x
+        faster than the pretrained backbone, as in the reference."""
+        heads = [*self.aux_classifier.parameters(), *self.main_classifier.parameters()]
+        return [(list(self.backbone.parameters()), 1.0), (heads, 10.0)]
+
+
+def _first_line(exc: Exception) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
+def _listed(keys: list[str], limit: int = 3) -> str:
+    shown = ", ".join(keys[:limit])
+    return shown + (", ..." if len(keys) > limit else "")
+
+
+def load_pretrained(model: DeepLabV2, path: str | Path) -> list[str]:
+    """Load an ImageNet ResNet-101 file into `model`'s backbone; returns the ignored keys.
+
+    Raises IntradaError (one line naming the file) when the file is missing, unreadable,
+    or does not hold exactly the backbone's tensors with the backbone's shapes.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise IntradaError(f"{path}: file not found; {EXPECTED}")
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise IntradaError(
+            f"{path}: not a readable weights file ({_first_line(exc)}); {EXPECTED}"
+        ) from exc
+
+    def is_state_dict(obj) -> bool:
+        return (
+            isinstance(obj, dict)
+            and bool(obj)
+            and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
+        )
+
+    if isinstance(blob, dict) and not is_state_dict(blob):
+        blob = next((blob[k] for k in ("state_dict", "model") if is_state_dict(blob.get(k))), blob)
+    if not is_state_dict(blob):
+        raise IntradaError(f"{path}: not a dict of tensors; {EXPECTED}")
+
+    state: dict[str, torch.Tensor] = {}
+    ignored: list[str] = []
+    for key, value in blob.items():
+        name = key.removeprefix(DEEPLAB_PREFIX)
+        if name.startswith(IGNORED_PREFIXES):
+            ignored.append(key)
+        else:
+            state[name] = value
+
+    # The two formats differ in input normalisation and stride placement: weights used
+    # with the other format's geometry still train, but start far from what they learnt.
+    deeplab_file = any(k.startswith((DEEPLAB_PREFIX, "layer5.")) for k in blob)
+    torchvision_file = any(k.startswith("fc.") for k in blob)
+    layout = {(True, False): "deeplab", (False, True): "torchvision"}.get(
+        (deeplab_file, torchvision_file)
+    )
+    if layout is not None and layout != model.weights_format:
+        raise IntradaError(
+            f"{path}: weights in the {layout} layout, but the model was built with "
+            f"weights_format {model.weights_format!r}; expected weights_format {layout!r}"
+        )
+
+    own = model.backbone.state_dict()
+    for name, value in state.items():
+        if name in own and value.shape != own[name].shape:
+            raise IntradaError(
+                f"{path}: {name} has shape {tuple(value.shape)} in the file but "
+                f"{tuple(own[name].shape)} in the model; {EXPECTED}"
+            )
+    # Files from old PyTorch lack the BN step counters; the model's are as good.
+    missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in state if k not in own]
+    if missing or unexpected:
+        problems = []
+        if missing:
+            problems.append(f"backbone keys missing: {len(missing)} ({_listed(missing)})")
+        if unexpected:
+            problems.append(f"unexpected keys: {len(unexpected)} ({_listed(unexpected)})")
+        raise IntradaError(f"{path}: {' and '.join(problems)}; {EXPECTED}")
+
+    model.backbone.load_state_dict({**own, **state})
+    return ignored
