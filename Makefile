@@ -16,7 +16,11 @@ $(INSTALLED): requirements.txt
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
 	touch $@
 
+# `make repro PROFILE=gta5_cityscapes` first makes profiles/<PROFILE>.yaml the params.
 repro: $(INSTALLED)
+ifdef PROFILE
+	cp profiles/$(PROFILE).yaml params.yaml
+endif
 	$(RUN) dvc repro
 
 test: $(INSTALLED)

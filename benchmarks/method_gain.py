@@ -33,6 +33,8 @@ from pathlib import Path
 
 import yaml
 
+from intrada.dag import resolved_stages, stage_outputs
+
 REPO = Path(__file__).resolve().parents[1]
 
 # Stages that a variant's params change makes stale, in DAG order.
@@ -43,21 +45,15 @@ VARIANT_STAGES = {
 }
 
 
-def dvc_stages() -> dict[str, dict]:
-    return yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
-
-
-def stage_outputs(stage: dict) -> list[str]:
-    """Paths a stage writes (outs and metrics), as dvc.yaml names them."""
-    paths = []
-    for entry in stage.get("outs", []) + stage.get("metrics", []):
-        paths.append(entry if isinstance(entry, str) else next(iter(entry)))
-    return paths
+def dvc_stages(directory: Path) -> dict[str, dict]:
+    """dvc.yaml's stages, resolved for the params.yaml in `directory`."""
+    params = yaml.safe_load((directory / "params.yaml").read_text())
+    return resolved_stages(REPO / "dvc.yaml", params)
 
 
 def run_stages(directory: Path, names: tuple[str, ...] | list[str], log) -> None:
     """Run stages by their dvc.yaml commands in `directory` (which holds params.yaml)."""
-    stages = dvc_stages()
+    stages = dvc_stages(directory)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     for name in names:
         words = shlex.split(stages[name]["cmd"])
@@ -76,7 +72,7 @@ def prepare_variant(main: Path, directory: Path, params: dict, rerun: tuple[str,
     are links to `main`'s."""
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    for name, stage in dvc_stages().items():
+    for name, stage in dvc_stages(directory).items():
         if name in rerun:
             continue
         for out in stage_outputs(stage):
@@ -100,7 +96,7 @@ def run_seed(base: dict, seed: int, lambdas: list[float], controls: bool, workdi
         main = root / "main"
         main.mkdir(parents=True, exist_ok=True)
         (main / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-        run_stages(main, list(dvc_stages()), log)
+        run_stages(main, list(dvc_stages(main)), log)
         results["main"] = metrics(main)
         variants = []
         if controls:

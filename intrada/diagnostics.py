@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from intrada.classes import IGNORE_INDEX, ClassSet
-from intrada.io import read_label_png
+from intrada.classes import IGNORE_INDEX, TRAIN_ID, ClassSet
+from intrada.data import resize_label
+from intrada.io import read_label, read_label_png
 from intrada.metrics import confusion_matrix, iou_per_class, mean_iou, percent
 
 
@@ -39,14 +40,22 @@ def spearman(x: np.ndarray, y: np.ndarray) -> float:
 
 
 def image_confusions(
-    predictions: list[Path], truths: list[Path], classes: ClassSet
+    predictions: list[Path],
+    truths: list[Path],
+    classes: ClassSet,
+    truth_encodings: list[str] | None = None,
 ) -> list[np.ndarray]:
-    """One (C, C) confusion matrix per image from train-id label PNGs; truth 255 ignored.
-    Predicted 255 (a pseudo-label below its threshold) is not counted either."""
+    """One (C, C) confusion matrix per image from a train-id label PNG (prediction) and a
+    ground-truth label file (train ids unless `truth_encodings` says otherwise); truth 255
+    ignored. Predicted 255 (a pseudo-label below its threshold) is not counted either.
+    A prediction smaller than its truth is upsampled to it (nearest), as in evaluation."""
     lut = classes.train_id_to_channel()
+    encodings = truth_encodings or [TRAIN_ID] * len(truths)
     matrices = []
-    for pred_path, truth_path in zip(predictions, truths, strict=True):
-        truth, pred = lut[read_label_png(truth_path)], lut[read_label_png(pred_path)]
+    for pred_path, truth_path, encoding in zip(predictions, truths, encodings, strict=True):
+        truth = lut[read_label(truth_path, encoding)]
+        pred = read_label_png(pred_path)
+        pred = lut[resize_label(pred, (truth.shape[1], truth.shape[0]))]
         unlabelled = pred == IGNORE_INDEX
         truth[unlabelled], pred[unlabelled] = IGNORE_INDEX, 0  # pixel left out either way
         matrices.append(confusion_matrix(truth, pred, len(classes)))
@@ -72,16 +81,20 @@ def split_report(
     on the easy split; percentages, None where undefined (an empty hard split).
 
     `easy` / `hard`: split tables (`image_id`, `score`, `prediction_path`); `truth`:
-    target-train's ground-truth index (`image_id`, `label_path`); `pseudo`: the pseudo-label
+    target-train's ground-truth index (`image_id`, `label_path`, optionally
+    `label_encoding`); `pseudo`: the pseudo-label
     index (`image_id`, `label_path`).
     """
     truth_path = dict(zip(truth["image_id"], truth["label_path"], strict=True))
+    encodings = truth.get("label_encoding", pd.Series([TRAIN_ID] * len(truth)))
+    truth_encoding = dict(zip(truth["image_id"], encodings, strict=True))
 
     def confusions(table: pd.DataFrame, column: str) -> list[np.ndarray]:
         return image_confusions(
             [root / p for p in table[column]],
             [root / truth_path[i] for i in table["image_id"]],
             classes,
+            [truth_encoding[i] for i in table["image_id"]],
         )
 
     def split_miou(cms: list[np.ndarray]) -> float | None:

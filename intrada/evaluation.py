@@ -12,7 +12,7 @@ from torch import nn
 from tqdm import tqdm
 
 from intrada.classes import ClassSet
-from intrada.data import SegmentationSet, in_order, loader
+from intrada.data import SegmentationSet, in_order, loader, resize_label
 from intrada.entropy import entropy_map
 from intrada.inference import predict_probs
 from intrada.io import atomic_path, write_json, write_rgb_png
@@ -34,14 +34,18 @@ def evaluate_confusion(model: nn.Module, dataset: SegmentationSet, batch_size: i
     return cm
 
 
-def iou_report(cm: np.ndarray, classes: ClassSet) -> dict:
-    """{"mIoU": %, "IoU": {class: % or None}}: None for a class with no IoU (absent and
-    never predicted), left out of the mean."""
+def iou_report(
+    cm: np.ndarray, classes: ClassSet, subsets: dict[str, tuple[str, ...]] | None = None
+) -> dict:
+    """{"mIoU": %, <subset key>: %, ..., "IoU": {class: % or None}}: None for a class with
+    no IoU (absent and never predicted), left out of the mean. `subsets` adds the mean over
+    some of the classes (SYNTHIA's 13-class mIoU)."""
     iou = iou_per_class(cm)
-    return {
-        "mIoU": percent(mean_iou(iou)),
-        "IoU": {name: percent(v) for name, v in zip(classes.names, iou, strict=True)},
-    }
+    report = {"mIoU": percent(mean_iou(iou))}
+    for key, names in (subsets or {}).items():
+        report[key] = percent(mean_iou(iou[[classes.names.index(n) for n in names]]))
+    report["IoU"] = {name: percent(v) for name, v in zip(classes.names, iou, strict=True)}
+    return report
 
 
 def confusion_table(cm: np.ndarray, classes: ClassSet) -> pd.DataFrame:
@@ -68,6 +72,7 @@ def write_report(
     iou_dir: Path,
     panels_dir: Path,
     diagnostics: dict | None = None,
+    subsets: dict[str, tuple[str, ...]] | None = None,
 ) -> dict:
     """Evaluate every model and write, each atomically:
 
@@ -84,7 +89,7 @@ def write_report(
         iou_out.mkdir()
         for name, model in models.items():
             cm = evaluate_confusion(model, dataset, batch_size)
-            report[name] = iou_report(cm, classes)
+            report[name] = iou_report(cm, classes, subsets)
             confusion_table(cm, classes).to_csv(cm_out / f"{name}.csv")
             pd.DataFrame(
                 {
@@ -105,14 +110,17 @@ def write_report(
 def val_panel(
     models: dict[str, nn.Module], dataset: SegmentationSet, classes: ClassSet, index: int
 ) -> np.ndarray:
+    """Drawn at the network's input size (the label, if larger, is shrunk to it)."""
     sample = dataset[(index, False)]
-    image, label = sample["image"], sample["label"]
+    image = sample["image"]
+    size = tuple(image.shape[-2:])
+    label = resize_label(sample["label"].numpy().astype(np.uint8), (size[1], size[0]))
     columns = [
         ("image", (image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)),
-        ("truth", colorize_channels(label.numpy(), classes)),
+        ("truth", colorize_channels(label, classes)),
     ]
     for name, model in models.items():
-        pred, entropy = predict_labels(model, image, tuple(label.shape))
+        pred, entropy = predict_labels(model, image, size)
         columns.append((name, colorize_channels(pred, classes)))
     last = list(models)[-1]
     columns.append((f"entropy ({last})", entropy_rgb(entropy)))

@@ -12,7 +12,8 @@ is) is drawn once per image and then *rendered* in one of two looks:
 
 Everything is deterministic in (seed, set, image index): each image draws from its own
 random stream, so changing a set's size never changes the images it shares.
-Labels are Cityscapes train ids (255 = ignore: the ego vehicle's hood).
+Labels are drawn as Cityscapes train ids (255 = ignore: the ego vehicle's hood) and
+stored as Cityscapes label ids, as the real datasets store them.
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageFilter
 
-from intrada.classes import IGNORE_INDEX, dataset_classes
-from intrada.config import DataParams
+from intrada.classes import IGNORE_INDEX, dataset_classes, train_id_to_label_id
+from intrada.config import SyntheticParams
 from intrada.io import atomic_path, write_label_png, write_parquet, write_rgb_png
 
 # Stream ids keep the three sets' random numbers apart.
@@ -348,6 +349,24 @@ def generate_image(
     return render_target(lay, rng, severity), label, severity
 
 
+CITY = "synth"  # the Cityscapes layout's city folder for the target images
+
+
+def set_files(set_name: str, index: int) -> tuple[str, str, str]:
+    """(image_id, image file, label file) of one image, relative to its layout root:
+    the source in the GTA5 layout, the target sets in the Cityscapes layout."""
+    if set_name == "source":
+        name = f"{index:06d}"
+        return name, f"images/{name}.png", f"labels/{name}.png"
+    split = {"target_train": "train", "target_val": "val"}[set_name]
+    stem = f"{CITY}_000000_{index:06d}"
+    return (
+        stem,
+        f"leftImg8bit/{split}/{CITY}/{stem}_leftImg8bit.png",
+        f"gtFine/{split}/{CITY}/{stem}_gtFine_labelIds.png",
+    )
+
+
 def write_set(
     set_name: str,
     count: int,
@@ -356,82 +375,45 @@ def write_set(
     width: int,
     severity_alpha: float,
     severity_beta: float,
-    image_dir: Path,
-    label_dir: Path,
-    image_root: Path,
-    label_root: Path,
+    root: Path,
 ) -> pd.DataFrame:
-    """Write `count` images and labels of one set and return its index table.
-
-    Files go to `image_dir` / `label_dir` (temporary folders); the table records them
-    under `image_root` / `label_root`, the folders they are renamed to, relative to the
-    project root. Target sets also record each image's nuisance severity.
-    """
-    image_dir.mkdir(parents=True, exist_ok=True)
-    label_dir.mkdir(parents=True, exist_ok=True)
+    """Write `count` images and their labels (Cityscapes label ids, as the real datasets
+    store them) of one set under `root`; return (`image_id`, `set`, `severity`) rows."""
+    to_label_id = train_id_to_label_id()
     rows = []
     for i in range(count):
         image, label, severity = generate_image(
             seed, set_name, i, height, width, severity_alpha, severity_beta
         )
-        name = f"{set_name}_{i:06d}.png"
-        write_rgb_png(image_dir / name, image)
-        write_label_png(label_dir / name, label)
-        row = {
-            "image_id": name.removesuffix(".png"),
-            "image_path": (image_root / name).as_posix(),
-            "label_path": (label_root / name).as_posix(),
-        }
-        if SET_DOMAIN[set_name] == "target":
-            row["severity"] = severity
-        rows.append(row)
+        image_id, image_file, label_file = set_files(set_name, i)
+        for file in (image_file, label_file):
+            (root / file).parent.mkdir(parents=True, exist_ok=True)
+        write_rgb_png(root / image_file, image)
+        write_label_png(root / label_file, to_label_id[label])
+        rows.append({"image_id": image_id, "set": set_name, "severity": severity})
     return pd.DataFrame(rows)
 
 
-def write_benchmark(
-    seed: int,
-    data: DataParams,
-    source: Path,
-    target_train: Path,
-    target_train_gt: Path,
-    target_val: Path,
-) -> None:
-    """Write the three sets, each folder atomically, with an `index.parquet` in each.
-
-    target-train's images and its ground truth go to separate folders: training reads
-    only the first; the second is for diagnostics.
+def write_benchmark(seed: int, params: SyntheticParams, out: Path) -> None:
+    """Write the benchmark as one folder, atomically: `source/` in the GTA5 layout,
+    `target/` in the Cityscapes layout (target-train as its `train` split, target-val as
+    `val`, both with labels), and `severity.parquet` (each image's nuisance severity, 0
+    for the source: for analysis, the pipeline does not read it).
     """
     common = dict(
         seed=seed,
-        height=data.height,
-        width=data.width,
-        severity_alpha=data.severity_alpha,
-        severity_beta=data.severity_beta,
+        height=params.height,
+        width=params.width,
+        severity_alpha=params.severity_alpha,
+        severity_beta=params.severity_beta,
     )
-    for set_name, folder, count in (
-        ("source", source, data.num_source),
-        ("target_val", target_val, data.num_target_val),
-    ):
-        with atomic_path(folder) as out:
-            table = write_set(
-                set_name,
-                count,
-                image_dir=out / "images",
-                label_dir=out / "labels",
-                image_root=folder / "images",
-                label_root=folder / "labels",
-                **common,
+    with atomic_path(out) as tmp:
+        tables = [
+            write_set(set_name, count, root=tmp / sub, **common)
+            for set_name, count, sub in (
+                ("source", params.num_source, "source"),
+                ("target_train", params.num_target_train, "target"),
+                ("target_val", params.num_target_val, "target"),
             )
-            write_parquet(out / "index.parquet", table)
-    with atomic_path(target_train) as out, atomic_path(target_train_gt) as out_gt:
-        table = write_set(
-            "target_train",
-            data.num_target_train,
-            image_dir=out / "images",
-            label_dir=out_gt / "labels",
-            image_root=target_train / "images",
-            label_root=target_train_gt / "labels",
-            **common,
-        )
-        write_parquet(out / "index.parquet", table[["image_id", "image_path"]])
-        write_parquet(out_gt / "index.parquet", table[["image_id", "label_path", "severity"]])
+        ]
+        write_parquet(tmp / "severity.parquet", pd.concat(tables, ignore_index=True))

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from intrada.checkpoint import load_model
-from intrada.classes import dataset_classes
+from intrada.classes import dataset_classes, evaluation_subsets
 from intrada.cli import run_stage
 from intrada.config import get, read_params
 from intrada.data import SegmentationSet, load_index
@@ -36,14 +36,20 @@ def main() -> None:
     raw = read_params()
     data, cfg = get(raw, "data"), get(raw, "evaluate")
     classes = dataset_classes(data.name)
+    # Predictions are upsampled to each label's own resolution (Cityscapes: 2048x1024).
     dataset = SegmentationSet(
-        load_index(args.val, labelled=True), classes, Path("."), labelled=True
+        load_index(args.val, labelled=True),
+        classes,
+        Path("."),
+        labelled=True,
+        size=data.target_size,
+        resize_labels=False,
     )
     split_columns = ("image_id", "score", "prediction_path")
     diagnostics = split_report(
         read_parquet(args.easy, split_columns),
         read_parquet(args.hard, split_columns),
-        read_parquet(args.target_train_gt, ("image_id", "label_path")),
+        read_parquet(args.target_train_gt, ("image_id", "label_path", "label_encoding")),
         read_parquet(args.pseudo_labels, ("image_id", "label_path")),
         classes,
     )
@@ -59,9 +65,11 @@ def main() -> None:
         args.iou_dir,
         args.panels_dir,
         diagnostics,
+        subsets=evaluation_subsets(data.name),
     )
     for name in MODELS:
-        print(f"{name:12s} mIoU {report[name]['mIoU']}")
+        extra = " ".join(f"{k} {v}" for k, v in report[name].items() if k.startswith("mIoU_"))
+        print(f"{name:12s} mIoU {report[name]['mIoU']} {extra}".rstrip())
     for key, value in diagnostics.items():
         print(f"{key:24s} {value}")
 

@@ -27,7 +27,7 @@ def main() -> None:
     classes = dataset_classes(data.name)
     easy = read_parquet(args.easy, ("image_id", "image_path"))
     model, _ = load_model(args.model, classes)
-    dataset = SegmentationSet(easy, classes, Path("."), labelled=False)
+    dataset = SegmentationSet(easy, classes, Path("."), labelled=False, size=data.target_size)
     with atomic_path(args.out) as out:
         index = write_pseudo_labels(
             model,

@@ -27,7 +27,7 @@ def main() -> None:
     classes = dataset_classes(data.name)
     table = load_index(args.target, labelled=False)
     model, _ = load_model(args.model, classes)
-    dataset = SegmentationSet(table, classes, Path("."), labelled=False)
+    dataset = SegmentationSet(table, classes, Path("."), labelled=False, size=data.target_size)
     with atomic_path(args.maps) as maps, atomic_path(args.predictions) as preds:
         scores = score_images(
             model,

@@ -53,6 +53,9 @@ def main() -> None:
         model_out=args.model_out,
         live_dir=args.live_dir,
         params=declared_params(sections),
+        # Both sides are target images: the easy split and the hard split.
+        source_size=sections["data"].target_size,
+        target_size=sections["data"].target_size,
     )
 
 

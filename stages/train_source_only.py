@@ -29,6 +29,8 @@ def main() -> None:
         model_out=args.model_out,
         live_dir=args.live_dir,
         params=declared_params(sections),
+        source_size=sections["data"].source_size,
+        target_size=sections["data"].target_size,
     )
 
 

@@ -14,7 +14,10 @@ REPO = Path(__file__).resolve().parents[1]
 def tiny_params() -> dict:
     """The repository's params.yaml with sizes and iteration counts shrunk for tests."""
     params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["data"].update(height=32, width=64, num_source=12, num_target_train=10, num_target_val=4)
+    params["data"].update(source_size=[64, 32], target_size=[64, 32])
+    params["generate"]["synthetic"].update(
+        height=32, width=64, num_source=12, num_target_train=10, num_target_val=4
+    )
     params["model"]["width"] = 4
     for section in ("source_only", "inter", "intra"):
         params[section].update(iterations=3, batch_size=2, log_every=2)

@@ -12,12 +12,16 @@ from pathlib import Path
 
 import yaml
 
+from intrada.dag import resolved_stages
 from tests.conftest import REPO, write_params
 
 
-def dvc_stages() -> dict[str, dict]:
-    """dvc.yaml's stages, in file order (which is a topological order)."""
-    return yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+def dvc_stages(params: dict | None = None) -> dict[str, dict]:
+    """dvc.yaml's stages in file order (a topological order), resolved as DVC resolves
+    them for `params` (the repository's params.yaml by default)."""
+    if params is None:
+        params = yaml.safe_load((REPO / "params.yaml").read_text())
+    return resolved_stages(REPO / "dvc.yaml", params)
 
 
 def stage_argv(stage: dict) -> tuple[str, list[str]]:
@@ -40,7 +44,8 @@ def working_directory(path: Path):
 def run_stage(name: str, directory: Path, accessed: dict[str, set] | None = None) -> None:
     """Call one stage's main() in `directory` with its dvc.yaml arguments. If `accessed`
     is given, record the params.yaml keys the stage parsed into accessed[name]."""
-    module_name, args = stage_argv(dvc_stages()[name])
+    params = yaml.safe_load((directory / "params.yaml").read_text())
+    module_name, args = stage_argv(dvc_stages(params)[name])
     module = importlib.import_module(module_name)
     original_get = getattr(module, "get", None)
     if accessed is not None and original_get is not None:
@@ -65,7 +70,7 @@ def run_stage(name: str, directory: Path, accessed: dict[str, set] | None = None
 def run_pipeline(directory: Path, params: dict, accessed: dict[str, set] | None = None) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     write_params(directory, params)
-    for name in dvc_stages():
+    for name in dvc_stages(params):
         run_stage(name, directory, accessed)
 
 

@@ -16,6 +16,7 @@ from intrada.checkpoint import load_model
 from intrada.classes import dataset_classes
 from intrada.data import SegmentationSet
 from intrada.inference import predict_probs
+from intrada.io import read_label
 from tests.conftest import REPO, tiny_params, write_params
 from tests.pipeline import dvc_stages, run_pipeline, run_stage, tree_digest
 
@@ -29,9 +30,9 @@ def project(tmp_path_factory):
     return directory, accessed
 
 
-def test_generate_data_writes_the_three_sets(project):
+def test_generate_and_index_data_write_the_four_tables(project):
     root, _ = project
-    p = tiny_params()["data"]
+    p = tiny_params()["generate"]["synthetic"]
     sizes = {
         "source": p["num_source"],
         "target_train": p["num_target_train"],
@@ -39,8 +40,14 @@ def test_generate_data_writes_the_three_sets(project):
         "target_val": p["num_target_val"],
     }
     for name, size in sizes.items():
-        assert len(pd.read_parquet(root / "data" / name / "index.parquet")) == size
-    image = Image.open(root / "data/target_train/images/target_train_000000.png")
+        assert len(pd.read_parquet(root / "data/index" / f"{name}.parquet")) == size
+    # Training never sees target-train's labels.
+    assert "label_path" not in pd.read_parquet(root / "data/index/target_train.parquet")
+    first = pd.read_parquet(root / "data/index/target_train.parquet")["image_path"][0]
+    assert (
+        first == "data/synthetic/target/leftImg8bit/train/synth/synth_000000_000000_leftImg8bit.png"
+    )
+    image = Image.open(root / first)
     assert image.size == (p["width"], p["height"]) and image.mode == "RGB"
 
 
@@ -55,7 +62,12 @@ def test_training_stages_write_models_with_provenance_and_curves(project):
         assert meta["class_names"] == list(classes.names)
         assert meta["params"][stage] == tiny_params()[stage]
         assert meta["params"]["seed"] == 0 and "torch" in meta["versions"]
-        assert meta["params"]["data"] == {"name": "synthetic"}  # as dvc.yaml declares
+        # as dvc.yaml declares: the data keys training reads, not the roots
+        assert meta["params"]["data"] == {
+            "name": "synthetic",
+            "source_size": [64, 32],
+            "target_size": [64, 32],
+        }
         curves = root / "dvclive" / stage / "plots/metrics/train/loss_seg_src_main.tsv"
         assert curves.read_text().splitlines()[0] == "step\tloss_seg_src_main"
         assert (root / "dvclive" / stage / "metrics.json").is_file()
@@ -72,7 +84,7 @@ def test_score_entropy_writes_a_map_and_prediction_per_image(project):
     root, _ = project
     scores = pd.read_parquet(root / "data/entropy/scores.parquet")
     assert list(scores.columns[:4]) == ["image_id", "image_path", "entropy", "score"]
-    assert len(scores) == tiny_params()["data"]["num_target_train"]
+    assert len(scores) == tiny_params()["generate"]["synthetic"]["num_target_train"]
     allowed = set(dataset_classes("synthetic").train_ids)
     for row in scores.itertuples():
         entropy = np.load(root / row.map_path)
@@ -180,8 +192,11 @@ def test_evaluate_writes_metrics_confusion_matrices_and_panels(project):
     }
     assert -1.0 <= diagnostics["score_error_spearman"] <= 1.0
     assert diagnostics["pseudo_label_coverage"] == 100.0
-    val = pd.read_parquet(root / "data/target_val/index.parquet")
-    labelled = sum(int((np.array(Image.open(root / p)) != 255).sum()) for p in val["label_path"])
+    val = pd.read_parquet(root / "data/index/target_val.parquet")
+    labelled = sum(
+        int((read_label(root / p, e) != 255).sum())
+        for p, e in zip(val["label_path"], val["label_encoding"], strict=True)
+    )
     for model, result in report.items():
         assert 0.0 <= result["mIoU"] <= 100.0 and list(result["IoU"]) == names
         cm = pd.read_csv(root / f"metrics/confusion/{model}.csv", index_col=0)

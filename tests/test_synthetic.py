@@ -1,10 +1,13 @@
 import hashlib
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from intrada.classes import dataset_classes
-from intrada.config import DataParams
+from intrada.config import SyntheticParams
+from intrada.io import read_label, read_label_png, read_rgb
+from intrada.layouts import index_cityscapes, index_gta5
 from intrada.synthetic import generate_image, write_benchmark
 
 
@@ -41,10 +44,8 @@ def test_source_and_target_look_different_and_target_severity_spreads():
     assert sat[0] > sat[1] + 10
 
 
-def test_write_benchmark_writes_files_and_index_tables(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    data = DataParams(
-        name="synthetic",
+def test_write_benchmark_writes_the_real_layouts_that_index_back(tmp_path):
+    params = SyntheticParams(
         height=32,
         width=64,
         num_source=3,
@@ -53,24 +54,34 @@ def test_write_benchmark_writes_files_and_index_tables(tmp_path, monkeypatch):
         severity_alpha=1.0,
         severity_beta=1.0,
     )
-    from pathlib import Path
-
-    dirs = [Path("data") / d for d in ("source", "target_train", "target_train_gt", "target_val")]
-    write_benchmark(7, data, *dirs)
-    source = pd.read_parquet("data/source/index.parquet")
-    train = pd.read_parquet("data/target_train/index.parquet")
-    gt = pd.read_parquet("data/target_train_gt/index.parquet")
-    val = pd.read_parquet("data/target_val/index.parquet")
-    assert list(source.columns) == ["image_id", "image_path", "label_path"]
-    assert list(train.columns) == ["image_id", "image_path"]  # no labels beside training data
-    assert list(gt.columns) == ["image_id", "label_path", "severity"]
-    assert list(val.columns) == ["image_id", "image_path", "label_path", "severity"]
-    assert (len(source), len(train), len(gt), len(val)) == (3, 4, 4, 2)
-    assert all(gt["label_path"].str.startswith("data/target_train_gt/labels/"))
-    for table in (source, train, val):
-        assert all(Path(p).is_file() for p in table["image_path"])
-    assert not list(Path("data").glob("**/*.tmp"))  # no temporary leftovers
+    out = tmp_path / "synthetic"
+    write_benchmark(7, params, out)
+    source = index_gta5(out / "source")
+    train, val = (index_cityscapes(out / "target", split) for split in ("train", "val"))
+    assert (len(source), len(train), len(val)) == (3, 4, 2)
+    assert source["image_id"].tolist() == ["000000", "000001", "000002"]
+    assert train["image_id"][0] == "synth_000000_000000"
+    # Stored as Cityscapes label ids; read back, the train ids generate_image drew.
+    _, label, severity = generate_image(7, "target_val", 1, 32, 64)
+    assert np.array_equal(read_label(val["label_path"][1], val["label_encoding"][1]), label)
+    assert np.array_equal(
+        read_rgb(val["image_path"][1]), generate_image(7, "target_val", 1, 32, 64)[0]
+    )
+    stored = read_label_png(val["label_path"][1])
+    assert set(np.unique(stored)) - {0} <= {
+        7,
+        8,
+        11,
+        17,
+        21,
+        23,
+        24,
+        26,
+    }  # label ids, not train ids
+    severities = pd.read_parquet(out / "severity.parquet")
+    assert len(severities) == 9 and severities["severity"].iloc[-1] == severity
+    assert not list(tmp_path.glob("**/*.tmp"))  # no temporary leftovers
 
     digest = hashlib.sha256(Path(train["image_path"][0]).read_bytes()).hexdigest()
-    write_benchmark(7, data, *dirs)  # rewrite: byte-identical files
+    write_benchmark(7, params, out)  # rewrite: byte-identical files
     assert hashlib.sha256(Path(train["image_path"][0]).read_bytes()).hexdigest() == digest

@@ -1,0 +1,60 @@
+"""The pipeline's stages as dvc.yaml defines them, resolved for a params mapping the way
+DVC resolves them: `foreach` stages expanded to `name@key`, `${...}` replaced by values.
+
+For running stages without DVC (the tests, the method-gain benchmark), which must run
+exactly the commands DVC would.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PLACEHOLDER = re.compile(r"\$\{([^}]+)\}")
+
+
+def lookup(context: dict[str, Any], dotted: str) -> Any:
+    value: Any = context
+    for part in dotted.strip().split("."):
+        value = value[part]
+    return value
+
+
+def substitute(obj: Any, context: dict[str, Any]) -> Any:
+    """`obj` with every `${a.b}` replaced from `context`; a string that is one
+    placeholder becomes its value as is (a dict stays a dict)."""
+    if isinstance(obj, dict):
+        return {substitute(k, context): substitute(v, context) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [substitute(v, context) for v in obj]
+    if isinstance(obj, str):
+        whole = PLACEHOLDER.fullmatch(obj)
+        if whole:
+            return lookup(context, whole.group(1))
+        return PLACEHOLDER.sub(lambda m: str(lookup(context, m.group(1))), obj)
+    return obj
+
+
+def resolved_stages(dvc_yaml: str | Path, params: dict[str, Any]) -> dict[str, dict]:
+    """dvc.yaml's stages in file order (a topological order), resolved for `params`."""
+    stages = yaml.safe_load(Path(dvc_yaml).read_text())["stages"]
+    resolved = {}
+    for name, stage in stages.items():
+        if "foreach" in stage:
+            for key, item in substitute(stage["foreach"], params).items():
+                context = {**params, "key": key, "item": item}
+                resolved[f"{name}@{key}"] = substitute(stage["do"], context)
+        else:
+            resolved[name] = substitute(stage, params)
+    return resolved
+
+
+def stage_outputs(stage: dict) -> list[str]:
+    """Paths a stage writes (outs and metrics)."""
+    return [
+        entry if isinstance(entry, str) else next(iter(entry))
+        for entry in stage.get("outs", []) + stage.get("metrics", [])
+    ]
