@@ -32,10 +32,11 @@ def measure(method: str, raw: dict, steps: int) -> float:
     if cfg.freeze_bn:
         freeze_batchnorm(model)
     step = AdaptationStep(model, cfg, len(classes))
-    shape = (cfg.batch_size, 3, data.height, data.width)
+    width, height = data.target_size
+    shape = (cfg.batch_size, 3, height, width)
     src = {
         "image": torch.rand(shape),
-        "label": torch.randint(0, len(classes), (cfg.batch_size, data.height, data.width)),
+        "label": torch.randint(0, len(classes), (cfg.batch_size, height, width)),
     }
     trg = {"image": torch.rand(shape)}
     for _ in range(2):
