@@ -281,6 +281,22 @@ class PseudoLabelParams:
 
 
 @dataclass(frozen=True)
+class ComputeParams:
+    """Where the networks run. Results depend on device, precision and process count,
+    not on `num_workers`."""
+
+    device: Literal["auto", "cpu", "cuda"]  # auto: CUDA when PyTorch sees a GPU
+    amp: bool  # bf16 autocast of network forwards on CUDA (losses, entropy in fp32)
+    channels_last: bool  # NHWC memory format on CUDA
+    num_workers: int  # DataLoader worker processes (0: load in the main process)
+    nproc: int  # processes per training / scoring stage, launched with torchrun (DDP)
+
+    def check(self, key: str) -> None:
+        _non_negative(f"{key}.num_workers", self.num_workers)
+        _positive(f"{key}.nproc", self.nproc)
+
+
+@dataclass(frozen=True)
 class EvaluateParams:
     """Evaluation on target-val."""
 
@@ -305,6 +321,7 @@ SCHEMA: dict[str, Any] = {
     "inference": InferenceParams,
     "pseudo_labels": PseudoLabelParams,
     "evaluate": EvaluateParams,
+    "compute": ComputeParams,
 }
 
 

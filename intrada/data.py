@@ -106,6 +106,10 @@ class EndlessBatches:
 
     Epoch e is a permutation seeded by (seed, *stream, e); batches run across epoch
     boundaries. Batch k depends only on k, so training can start (or resume) anywhere.
+
+    With `world` processes, step k draws one global batch of `batch_size * world` items
+    and process `rank` takes its `batch_size` consecutive ones: together the processes
+    see what one process with `batch_size * world` would.
     """
 
     def __init__(
@@ -117,10 +121,13 @@ class EndlessBatches:
         hflip: bool,
         start: int = 0,
         stop: int | None = None,
+        rank: int = 0,
+        world: int = 1,
     ):
         self.size, self.batch_size = size, batch_size
         self.seed, self.stream, self.hflip = seed, stream, hflip
         self.start, self.stop = start, stop
+        self.rank, self.world = rank, world
         self._cached: tuple[int, tuple[np.ndarray, np.ndarray]] = (-1, (np.empty(0), np.empty(0)))
 
     def _epoch(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
@@ -133,7 +140,8 @@ class EndlessBatches:
 
     def batch(self, k: int) -> list[tuple[int, bool]]:
         items = []
-        for pos in range(k * self.batch_size, (k + 1) * self.batch_size):
+        first = (k * self.world + self.rank) * self.batch_size
+        for pos in range(first, first + self.batch_size):
             order, flips = self._epoch(pos // self.size)
             offset = pos % self.size
             items.append((int(order[offset]), bool(flips[offset])))
@@ -159,6 +167,15 @@ def in_order(size: int, batch_size: int) -> list[list[tuple[int, bool]]]:
     ]
 
 
-def loader(dataset: SegmentationSet, batches, num_workers: int = 0) -> DataLoader:
-    """A DataLoader over explicit batches of `(index, flip)` items."""
-    return DataLoader(dataset, batch_sampler=batches, num_workers=num_workers)
+def loader(
+    dataset: SegmentationSet, batches, num_workers: int = 0, pin_memory: bool = False
+) -> DataLoader:
+    """A DataLoader over explicit batches of `(index, flip)` items. Workers only read
+    and decode files: the batches, hence the results, do not depend on their number."""
+    return DataLoader(
+        dataset,
+        batch_sampler=batches,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        persistent_workers=num_workers > 0,
+    )

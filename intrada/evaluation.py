@@ -2,34 +2,35 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from intrada.classes import ClassSet
+from intrada.compute import CPU, Compute
 from intrada.data import SegmentationSet, in_order, loader, resize_label
 from intrada.entropy import entropy_map
-from intrada.inference import predict_probs
+from intrada.inference import predict_probs, top_class
 from intrada.io import atomic_path, write_json, write_rgb_png
 from intrada.metrics import confusion_matrix, iou_per_class, mean_iou, percent
+from intrada.progress import progress
 from intrada.viz import colorize_channels, entropy_rgb, panel
 
 
-def evaluate_confusion(model: nn.Module, dataset: SegmentationSet, batch_size: int) -> np.ndarray:
+def evaluate_confusion(
+    model: nn.Module, dataset: SegmentationSet, batch_size: int, compute: Compute = CPU
+) -> np.ndarray:
     """The (C, C) confusion matrix of `model` over every labelled pixel of `dataset`."""
     num_classes = dataset.num_classes
     cm = np.zeros((num_classes, num_classes), np.int64)
     batches = in_order(len(dataset), batch_size)
-    for batch in tqdm(
-        loader(dataset, batches), total=len(batches), desc="evaluate", file=sys.stderr, disable=None
-    ):
+    data = loader(dataset, batches, compute.num_workers, pin_memory=compute.cuda)
+    for batch in progress(data, len(batches), "evaluate", compute):
         labels = batch["label"]
-        pred = predict_probs(model, batch["image"], tuple(labels.shape[-2:])).argmax(dim=1)
+        pred = top_class(predict_probs(model, batch["image"], tuple(labels.shape[-2:]), compute))
         cm += confusion_matrix(labels.numpy(), pred.numpy(), num_classes)
     return cm
 
@@ -55,10 +56,12 @@ def confusion_table(cm: np.ndarray, classes: ClassSet) -> pd.DataFrame:
 
 
 @torch.no_grad()
-def predict_labels(model: nn.Module, image: torch.Tensor, size: tuple[int, int]):
+def predict_labels(
+    model: nn.Module, image: torch.Tensor, size: tuple[int, int], compute: Compute = CPU
+):
     """One image -> (channel prediction (H, W), entropy map (H, W)) as numpy arrays."""
-    prob = predict_probs(model, image[None], size)
-    return prob.argmax(dim=1)[0].numpy(), entropy_map(prob)[0].numpy()
+    prob = predict_probs(model, image[None], size, compute)
+    return top_class(prob)[0].numpy(), entropy_map(prob)[0].numpy()
 
 
 def write_report(
@@ -73,6 +76,7 @@ def write_report(
     panels_dir: Path,
     diagnostics: dict | None = None,
     subsets: dict[str, tuple[str, ...]] | None = None,
+    compute: Compute = CPU,
 ) -> dict:
     """Evaluate every model and write, each atomically:
 
@@ -88,7 +92,7 @@ def write_report(
         cm_out.mkdir()
         iou_out.mkdir()
         for name, model in models.items():
-            cm = evaluate_confusion(model, dataset, batch_size)
+            cm = evaluate_confusion(model, dataset, batch_size, compute)
             report[name] = iou_report(cm, classes, subsets)
             confusion_table(cm, classes).to_csv(cm_out / f"{name}.csv")
             pd.DataFrame(
@@ -103,12 +107,16 @@ def write_report(
     with atomic_path(panels_dir) as out:
         out.mkdir()
         for k in range(min(num_panels, len(dataset))):
-            write_rgb_png(out / f"val_{k:02d}.png", val_panel(models, dataset, classes, k))
+            write_rgb_png(out / f"val_{k:02d}.png", val_panel(models, dataset, classes, k, compute))
     return report
 
 
 def val_panel(
-    models: dict[str, nn.Module], dataset: SegmentationSet, classes: ClassSet, index: int
+    models: dict[str, nn.Module],
+    dataset: SegmentationSet,
+    classes: ClassSet,
+    index: int,
+    compute: Compute = CPU,
 ) -> np.ndarray:
     """Drawn at the network's input size (the label, if larger, is shrunk to it)."""
     sample = dataset[(index, False)]
@@ -120,7 +128,7 @@ def val_panel(
         ("truth", colorize_channels(label, classes)),
     ]
     for name, model in models.items():
-        pred, entropy = predict_labels(model, image, size)
+        pred, entropy = predict_labels(model, image, size, compute)
         columns.append((name, colorize_channels(pred, classes)))
     last = list(models)[-1]
     columns.append((f"entropy ({last})", entropy_rgb(entropy)))

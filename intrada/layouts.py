@@ -18,16 +18,15 @@ place in the layout. `check_pairs` is the fast validation pass run before any tr
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pandas as pd
 from PIL import Image
-from tqdm import tqdm
 
 from intrada.classes import CITYSCAPES_ID, SYNTHIA_ID
 from intrada.errors import IntradaError
 from intrada.io import image_header, read_label, read_rgb
+from intrada.progress import progress
 
 GTA5_LAYOUT = "GTA5 layout (images/*.png with labels/*.png)"
 SYNTHIA_LAYOUT = "SYNTHIA-RAND-CITYSCAPES layout (RGB/*.png with GT/LABELS/*.png)"
@@ -138,7 +137,7 @@ def check_pairs(table: pd.DataFrame, decode: bool, drop_mismatched: bool = False
     """
     keep = []
     rows = table.itertuples(index=False)
-    for row in tqdm(rows, total=len(table), desc="check", file=sys.stderr, disable=None):
+    for row in progress(rows, len(table), "check"):
         image_size = _check_image(Path(row.image_path), decode)
         label_size = _check_label(Path(row.label_path), row.label_encoding, decode)
         if label_size != image_size:

@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from intrada.classes import IGNORE_INDEX, ClassSet
+from intrada.compute import CPU, Compute
 from intrada.data import SegmentationSet, in_order, loader
 from intrada.inference import predict_probs, to_train_ids
 from intrada.io import write_label_png
+from intrada.progress import progress
 
 
 def label_from_probs(prob: torch.Tensor, classes: ClassSet, threshold: float) -> np.ndarray:
@@ -35,6 +35,7 @@ def write_pseudo_labels(
     threshold: float,
     labels_dir: Path,
     labels_root: Path,
+    compute: Compute = CPU,
 ) -> pd.DataFrame:
     """Label every image of `dataset` (the easy split, indexed by `table`) with `model`,
     write the label PNGs (train ids, 255 = ignore) into `labels_dir`, recorded under
@@ -45,12 +46,11 @@ def write_pseudo_labels(
     labels_dir.mkdir(parents=True, exist_ok=True)
     fractions = np.empty(len(dataset), np.float64)
     batches = in_order(len(dataset), batch_size)
-    for batch in tqdm(
-        loader(dataset, batches), total=len(batches), desc="pseudo", file=sys.stderr, disable=None
-    ):
+    data = loader(dataset, batches, compute.num_workers, pin_memory=compute.cuda)
+    for batch in progress(data, len(batches), "pseudo-labels", compute):
         images = batch["image"]
         labels = label_from_probs(
-            predict_probs(model, images, tuple(images.shape[-2:])), classes, threshold
+            predict_probs(model, images, tuple(images.shape[-2:]), compute), classes, threshold
         )
         for j, index in enumerate(batch["index"].tolist()):
             write_label_png(labels_dir / f"{dataset.ids[index]}.png", labels[j])

@@ -15,6 +15,7 @@ from torch import nn
 
 from intrada.checkpoint import load_model, model_meta, params_hash, save_model
 from intrada.classes import ClassSet
+from intrada.compute import CPU, Compute
 from intrada.config import ModelParams, TrainParams, as_dict
 from intrada.data import SegmentationSet, load_index
 from intrada.errors import IntradaError
@@ -99,12 +100,14 @@ def run_training(
     source_size: tuple[int, int] | None = None,
     target_size: tuple[int, int] | None = None,
     root: Path = Path("."),
+    compute: Compute = CPU,
 ) -> nn.Module:
     """Train on a labelled source-like index (and an unlabelled target index unless the
     method is source_only), log curves with dvclive and save the model with provenance.
 
     Images (and source labels) are resized to `source_size` / `target_size` (width,
-    height); None keeps them as stored."""
+    height); None keeps them as stored. With several processes (torchrun) every process
+    trains, and only the main one logs curves and writes the model."""
     source_table = load_index(source_index, labelled=True)
     source = SegmentationSet(source_table, classes, root, labelled=True, size=source_size)
     target = None
@@ -122,17 +125,36 @@ def run_training(
         model_params, classes, seed, init_path, pretrained=cfg.init == "pretrained"
     )
     log.info(
-        "%s: %s training, %d iterations, %d source-like%s images, start: %s",
+        "%s: %s training, %d iterations, %d source-like%s images, start: %s, on %s x %d",
         stage,
         cfg.method,
         cfg.iterations,
         len(source),
         f" / {len(target)} target" if target is not None else "",
         init_from["path"] if init_from else "scratch",
+        compute.device,
+        compute.world,
     )
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    # Bit-identical reruns on the CPU; on CUDA, cudnn's fastest kernels win instead.
+    torch.use_deterministic_algorithms(not compute.cuda, warn_only=True)
+
+    def run(on_log=None) -> None:
+        train(
+            model,
+            source,
+            target,
+            cfg,
+            seed,
+            on_log=on_log,
+            run_key=RUN_KEYS[stage],
+            compute=compute,
+        )
+
+    if not compute.main:
+        run()
+        return model
     with atomic_path(live_dir) as tmp_live, LiveLog(tmp_live) as on_log:
-        train(model, source, target, cfg, seed, on_log=on_log, run_key=RUN_KEYS[stage])
+        run(on_log)
     meta = model_meta(
         arch=model_params.name,
         arch_config=arch_config(model_params),
@@ -141,6 +163,12 @@ def run_training(
         params=params,
         init_from=init_from,
     )
+    # Where it ran: results depend on it, the params hash does not.
+    meta["compute"] = {
+        "device": compute.device.type,
+        "amp_bf16": compute.amp,
+        "processes": compute.world,
+    }
     save_model(model_out, model, meta)
     log.info("%s: wrote %s (params %s)", stage, model_out, params_hash(params)[:12])
     return model

@@ -14,10 +14,14 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from intrada.classes import IGNORE_INDEX
+from intrada.compute import CPU, Compute, mean_across
 from intrada.config import TrainParams
 from intrada.data import EndlessBatches, SegmentationSet, loader
 from intrada.entropy import self_information
@@ -74,22 +78,52 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
 
 @dataclass
 class Discriminators:
-    """AdvEnt's two discriminators (main and auxiliary head) and their optimiser."""
+    """AdvEnt's two discriminators (main and auxiliary head) and their optimiser.
+
+    Under DDP, `train_main` / `train_aux` are the synchronised wrappers used to train
+    them; the segmentation network's adversarial term calls the bare modules (frozen
+    then), so only the discriminators' own step averages their gradients.
+    """
 
     main: EntropyDiscriminator
     aux: EntropyDiscriminator
     optimizer: torch.optim.Optimizer
+    train_main: nn.Module
+    train_aux: nn.Module
 
     @classmethod
-    def create(cls, num_classes: int, cfg: TrainParams) -> Discriminators:
-        main = EntropyDiscriminator(num_classes, cfg.disc_channels)
-        aux = EntropyDiscriminator(num_classes, cfg.disc_channels)
+    def create(cls, num_classes: int, cfg: TrainParams, compute: Compute) -> Discriminators:
+        main = compute.module(EntropyDiscriminator(num_classes, cfg.disc_channels))
+        aux = compute.module(EntropyDiscriminator(num_classes, cfg.disc_channels))
         params = list(main.parameters()) + list(aux.parameters())
-        return cls(main, aux, torch.optim.Adam(params, lr=cfg.lr_disc, betas=DISC_BETAS))
+        optimizer = torch.optim.Adam(params, lr=cfg.lr_disc, betas=DISC_BETAS)
+        return cls(
+            main, aux, optimizer, _ddp(DomainPair(main), compute), _ddp(DomainPair(aux), compute)
+        )
 
     def requires_grad(self, flag: bool) -> None:
         for p in list(self.main.parameters()) + list(self.aux.parameters()):
             p.requires_grad_(flag)
+
+
+class DomainPair(nn.Module):
+    """A discriminator applied to a source and a target map in one forward (one DDP
+    forward per backward; the two maps may differ in size)."""
+
+    def __init__(self, disc: nn.Module):
+        super().__init__()
+        self.disc = disc
+
+    def forward(self, info_src: torch.Tensor, info_trg: torch.Tensor):
+        return self.disc(info_src), self.disc(info_trg)
+
+
+def _ddp(module: nn.Module, compute: Compute) -> nn.Module:
+    """The module wrapped for DDP when several processes train; itself otherwise."""
+    if not compute.distributed:
+        return module
+    ids = [compute.device.index] if compute.cuda else None
+    return DistributedDataParallel(module, device_ids=ids)
 
 
 class AdaptationStep:
@@ -101,12 +135,21 @@ class AdaptationStep:
        asks the frozen discriminators to call them "source", minent minimises entropy.
     3. advent: the discriminators learn source maps = 0, target maps = 1, reusing the
        maps computed above (detached) instead of running the network again.
+
+    Network forwards run under `compute.autocast()`; their outputs are cast to fp32
+    before softmax, entropy and every loss.
     """
 
-    def __init__(self, model: nn.Module, cfg: TrainParams, num_classes: int):
-        self.model, self.cfg = model, cfg
+    def __init__(
+        self, model: nn.Module, cfg: TrainParams, num_classes: int, compute: Compute = CPU
+    ):
+        self.model, self.cfg, self.compute = model, cfg, compute
+        # Frozen parameters (BatchNorm) must be frozen before DDP sees the model.
+        self.net = _ddp(model, compute)
         self.optimizer = make_optimizer(model, cfg)
-        self.discs = Discriminators.create(num_classes, cfg) if cfg.method == "advent" else None
+        self.discs = (
+            Discriminators.create(num_classes, cfg, compute) if cfg.method == "advent" else None
+        )
 
     def set_iteration(self, it: int) -> None:
         total = self.cfg.schedule_iterations or self.cfg.iterations
@@ -114,31 +157,57 @@ class AdaptationStep:
         if self.discs is not None:
             set_lr(self.discs.optimizer, poly_lr(self.cfg.lr_disc, it, total, self.cfg.poly_power))
 
+    def _forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(aux, main) class scores in fp32 at the images' size."""
+        images = self.compute.images(images)
+        with self.compute.autocast():
+            outputs = self.net(images)
+        size = tuple(images.shape[-2:])
+        return tuple(upsample(p.float(), size) for p in outputs)
+
+    def _discriminate(self, disc: nn.Module, info: torch.Tensor) -> torch.Tensor:
+        with self.compute.autocast():
+            return disc(info).float()
+
+    def _segmentation_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy over the labelled pixels. Across processes the mean is taken
+        over all processes' labelled pixels (DDP then averages the gradients), so N
+        processes step as one process with their batches together would."""
+        if not self.compute.distributed:
+            return segmentation_loss(logits, labels)
+        total = F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX, reduction="sum")
+        count = (labels != IGNORE_INDEX).sum().to(torch.float64)
+        dist.all_reduce(count)
+        return total * self.compute.world / count.clamp(min=1).to(total.dtype)
+
     def __call__(self, src: dict, trg: dict | None) -> dict[str, float]:
         cfg, losses = self.cfg, {}
         self.optimizer.zero_grad(set_to_none=True)
         if self.discs is not None:
             self.discs.requires_grad(False)
 
-        size_src = tuple(src["image"].shape[-2:])
-        pred_src_aux, pred_src_main = (upsample(p, size_src) for p in self.model(src["image"]))
-        loss_seg_src_main = segmentation_loss(pred_src_main, src["label"])
-        loss_seg_src_aux = segmentation_loss(pred_src_aux, src["label"])
+        labels = src["label"].to(self.compute.device, non_blocking=True)
+        pred_src_aux, pred_src_main = self._forward(src["image"])
+        loss_seg_src_main = self._segmentation_loss(pred_src_main, labels)
+        loss_seg_src_aux = self._segmentation_loss(pred_src_aux, labels)
         # Backward per domain, as the reference code does: frees the source graph first.
         (loss_seg_src_main + cfg.lambda_seg_aux * loss_seg_src_aux).backward()
         losses["loss_seg_src_main"] = loss_seg_src_main.item()
         losses["loss_seg_src_aux"] = loss_seg_src_aux.item()
 
         if cfg.method != "source_only":
-            size_trg = tuple(trg["image"].shape[-2:])
-            pred_trg_aux, pred_trg_main = (upsample(p, size_trg) for p in self.model(trg["image"]))
+            pred_trg_aux, pred_trg_main = self._forward(trg["image"])
             prob_trg_main = F.softmax(pred_trg_main, dim=1)
             prob_trg_aux = F.softmax(pred_trg_aux, dim=1)
             if cfg.method == "advent":
                 info_trg_main = self_information(prob_trg_main)
                 info_trg_aux = self_information(prob_trg_aux)
-                loss_adv_trg_main = adversarial_loss(self.discs.main(info_trg_main), SOURCE_LABEL)
-                loss_adv_trg_aux = adversarial_loss(self.discs.aux(info_trg_aux), SOURCE_LABEL)
+                loss_adv_trg_main = adversarial_loss(
+                    self._discriminate(self.discs.main, info_trg_main), SOURCE_LABEL
+                )
+                loss_adv_trg_aux = adversarial_loss(
+                    self._discriminate(self.discs.aux, info_trg_aux), SOURCE_LABEL
+                )
                 (
                     cfg.lambda_adv_main * loss_adv_trg_main + cfg.lambda_adv_aux * loss_adv_trg_aux
                 ).backward()
@@ -171,17 +240,20 @@ class AdaptationStep:
         discs.optimizer.zero_grad(set_to_none=True)
         info_src_main = self_information(F.softmax(pred_src_main, dim=1))
         info_src_aux = self_information(F.softmax(pred_src_aux, dim=1))
-        loss_d_main = (
-            adversarial_loss(discs.main(info_src_main), SOURCE_LABEL)
-            + adversarial_loss(discs.main(info_trg_main), TARGET_LABEL)
-        ) / 2
-        loss_d_aux = (
-            adversarial_loss(discs.aux(info_src_aux), SOURCE_LABEL)
-            + adversarial_loss(discs.aux(info_trg_aux), TARGET_LABEL)
-        ) / 2
+        loss_d_main = self._domain_loss(discs.train_main, info_src_main, info_trg_main)
+        loss_d_aux = self._domain_loss(discs.train_aux, info_src_aux, info_trg_aux)
         (loss_d_main + loss_d_aux).backward()
         discs.optimizer.step()
         return {"loss_d_main": loss_d_main.item(), "loss_d_aux": loss_d_aux.item()}
+
+    def _domain_loss(self, pair: nn.Module, info_src: torch.Tensor, info_trg: torch.Tensor):
+        """(BCE(D(source), 0) + BCE(D(target), 1)) / 2."""
+        with self.compute.autocast():
+            out_src, out_trg = pair(info_src, info_trg)
+        return (
+            adversarial_loss(out_src.float(), SOURCE_LABEL)
+            + adversarial_loss(out_trg.float(), TARGET_LABEL)
+        ) / 2
 
 
 def train(
@@ -192,28 +264,39 @@ def train(
     seed: int,
     on_log: Callable[[int, dict[str, float]], None] | None = None,
     run_key: int = 0,
+    compute: Compute = CPU,
 ) -> nn.Module:
     """Train `model` in place for `cfg.iterations` steps and return it.
 
     `on_log(iteration, mean_losses)` is called every `cfg.log_every` iterations and at
-    the end, with the losses averaged since the previous call and the learning rate.
-    `run_key` tells successive runs with one seed apart, so that (say) inter training
-    does not replay the source-only run's batch order.
+    the end, with the losses averaged since the previous call (and over processes) and
+    the learning rate; only the main process calls it. `run_key` tells successive runs
+    with one seed apart, so that (say) inter training does not replay the source-only
+    run's batch order. With several processes each trains on its share of every step's
+    batches (`EndlessBatches`), `cfg.batch_size` images per process.
     """
     if cfg.method != "source_only" and target is None:
         raise ValueError(f"method {cfg.method} needs a target set")
+    model = compute.module(model)
     model.train()
     if cfg.freeze_bn:
         freeze_batchnorm(model)
     # Discriminator initialisation: a seed derived from both, so no two (seed, run) collide.
     torch.manual_seed(int(np.random.SeedSequence([seed, run_key]).generate_state(1)[0]))
-    step = AdaptationStep(model, cfg, source.num_classes)
+    step = AdaptationStep(model, cfg, source.num_classes, compute)
 
     def batches(dataset, stream):
         sampler = EndlessBatches(
-            len(dataset), cfg.batch_size, seed, (run_key, stream), cfg.hflip, stop=cfg.iterations
+            len(dataset),
+            cfg.batch_size,
+            seed,
+            (run_key, stream),
+            cfg.hflip,
+            stop=cfg.iterations,
+            rank=compute.rank,
+            world=compute.world,
         )
-        return iter(loader(dataset, sampler))
+        return iter(loader(dataset, sampler, compute.num_workers, pin_memory=compute.cuda))
 
     src_iter = batches(source, SOURCE_STREAM)
     trg_iter = batches(target, TARGET_STREAM) if cfg.method != "source_only" else None
@@ -223,7 +306,7 @@ def train(
         desc="train",
         unit="it",
         file=sys.stderr,
-        disable=None,
+        disable=None if compute.main else True,
         dynamic_ncols=True,
     )
     for it in bar:
@@ -233,8 +316,11 @@ def train(
             window.setdefault(key, []).append(value)
         last = it + 1 == cfg.iterations
         if (it + 1) % cfg.log_every == 0 or last:
-            means = {k: sum(v) / len(v) for k, v in window.items()}
+            means = mean_across({k: sum(v) / len(v) for k, v in window.items()}, compute)
             means["lr"] = step.optimizer.param_groups[0]["lr"]
+            window.clear()
+            if not compute.main:
+                continue
             bar.set_postfix(seg=f"{means['loss_seg_src_main']:.3f}")
             if not sys.stderr.isatty():
                 log.info(
@@ -245,5 +331,4 @@ def train(
                 )
             if on_log is not None:
                 on_log(it + 1, means)
-            window.clear()
-    return model
+    return model.cpu()

@@ -8,6 +8,7 @@ from pathlib import Path
 from intrada.checkpoint import load_model
 from intrada.classes import dataset_classes, evaluation_subsets
 from intrada.cli import run_stage
+from intrada.compute import processes
 from intrada.config import get, read_params
 from intrada.data import SegmentationSet, load_index
 from intrada.diagnostics import split_report
@@ -53,20 +54,25 @@ def main() -> None:
         read_parquet(args.pseudo_labels, ("image_id", "label_path")),
         classes,
     )
-    models = {name: load_model(getattr(args, f"{name}_model"), classes)[0] for name in MODELS}
-    report = write_report(
-        models,
-        dataset,
-        classes,
-        cfg.batch_size,
-        cfg.num_panels,
-        args.metrics,
-        args.confusion_dir,
-        args.iou_dir,
-        args.panels_dir,
-        diagnostics,
-        subsets=evaluation_subsets(data.name),
-    )
+    with processes(get(raw, "compute"), __spec__.name, sharded=False) as compute:
+        models = {
+            name: compute.module(load_model(getattr(args, f"{name}_model"), classes)[0])
+            for name in MODELS
+        }
+        report = write_report(
+            models,
+            dataset,
+            classes,
+            cfg.batch_size,
+            cfg.num_panels,
+            args.metrics,
+            args.confusion_dir,
+            args.iou_dir,
+            args.panels_dir,
+            diagnostics,
+            subsets=evaluation_subsets(data.name),
+            compute=compute,
+        )
     for name in MODELS:
         extra = " ".join(f"{k} {v}" for k, v in report[name].items() if k.startswith("mIoU_"))
         print(f"{name:12s} mIoU {report[name]['mIoU']} {extra}".rstrip())

@@ -8,6 +8,7 @@ from pathlib import Path
 from intrada.checkpoint import load_model
 from intrada.classes import dataset_classes
 from intrada.cli import run_stage
+from intrada.compute import processes
 from intrada.config import get, read_params
 from intrada.data import SegmentationSet
 from intrada.io import atomic_path, read_parquet, write_parquet
@@ -28,9 +29,13 @@ def main() -> None:
     easy = read_parquet(args.easy, ("image_id", "image_path"))
     model, _ = load_model(args.model, classes)
     dataset = SegmentationSet(easy, classes, Path("."), labelled=False, size=data.target_size)
-    with atomic_path(args.out) as out:
+    # One process on the chosen device: a forward pass over the easy split.
+    with (
+        processes(get(raw, "compute"), __spec__.name, sharded=False) as compute,
+        atomic_path(args.out) as out,
+    ):
         index = write_pseudo_labels(
-            model,
+            compute.module(model),
             dataset,
             easy,
             classes,
@@ -38,6 +43,7 @@ def main() -> None:
             cfg.confidence_threshold,
             out / "labels",
             args.out / "labels",
+            compute,
         )
         write_parquet(out / "index.parquet", index)
 

@@ -7,10 +7,11 @@ from pathlib import Path
 from intrada.checkpoint import load_model
 from intrada.classes import dataset_classes
 from intrada.cli import run_stage
+from intrada.compute import processes, shared_atomic_dirs
 from intrada.config import check_class_names, get, read_params
 from intrada.data import SegmentationSet, load_index
 from intrada.inference import score_images
-from intrada.io import atomic_path, write_parquet
+from intrada.io import write_parquet
 
 
 def main() -> None:
@@ -28,21 +29,25 @@ def main() -> None:
     table = load_index(args.target, labelled=False)
     model, _ = load_model(args.model, classes)
     dataset = SegmentationSet(table, classes, Path("."), labelled=False, size=data.target_size)
-    with atomic_path(args.maps) as maps, atomic_path(args.predictions) as preds:
-        scores = score_images(
-            model,
-            dataset,
-            table,
-            classes,
-            cfg.batch_size,
-            maps,
-            preds,
-            args.maps,
-            args.predictions,
-            rare_classes=cfg.rare_classes,
-            normalize=cfg.normalize_entropy,
-        )
-    write_parquet(args.scores, scores)
+    # With compute.nproc > 1, torchrun processes score a shard each (same table).
+    with processes(get(raw, "compute"), __spec__.name) as compute:
+        with shared_atomic_dirs([args.maps, args.predictions], compute) as (maps, preds):
+            scores = score_images(
+                compute.module(model),
+                dataset,
+                table,
+                classes,
+                cfg.batch_size,
+                maps,
+                preds,
+                args.maps,
+                args.predictions,
+                rare_classes=cfg.rare_classes,
+                normalize=cfg.normalize_entropy,
+                compute=compute,
+            )
+        if compute.main:
+            write_parquet(args.scores, scores)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from intrada.classes import dataset_classes
 from intrada.cli import run_stage
+from intrada.compute import processes
 from intrada.config import get, read_params
 from intrada.runs import declared_params, run_training
 
@@ -26,21 +27,23 @@ def main() -> None:
     raw = read_params()
     sections = {name: get(raw, name) for name in ("seed", "data", "model", "inter")}
     cfg = sections["inter"]
-    run_training(
-        stage="inter",
-        cfg=cfg,
-        seed=sections["seed"],
-        model_params=sections["model"],
-        classes=dataset_classes(sections["data"].name),
-        source_index=args.source,
-        target_index=args.target,
-        init_path={"source_only": args.source_only_model}.get(cfg.init),
-        model_out=args.model_out,
-        live_dir=args.live_dir,
-        params=declared_params(sections),
-        source_size=sections["data"].source_size,
-        target_size=sections["data"].target_size,
-    )
+    with processes(get(raw, "compute"), __spec__.name) as compute:
+        run_training(
+            stage="inter",
+            cfg=cfg,
+            seed=sections["seed"],
+            model_params=sections["model"],
+            classes=dataset_classes(sections["data"].name),
+            source_index=args.source,
+            target_index=args.target,
+            init_path={"source_only": args.source_only_model}.get(cfg.init),
+            model_out=args.model_out,
+            live_dir=args.live_dir,
+            params=declared_params(sections),
+            compute=compute,
+            source_size=sections["data"].source_size,
+            target_size=sections["data"].target_size,
+        )
 
 
 if __name__ == "__main__":

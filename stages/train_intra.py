@@ -10,6 +10,7 @@ from pathlib import Path
 
 from intrada.classes import dataset_classes
 from intrada.cli import run_stage
+from intrada.compute import processes
 from intrada.config import get, read_params
 from intrada.runs import declared_params, run_training
 
@@ -41,22 +42,26 @@ def main() -> None:
     self_training = sections["lambda"] == 1
     if self_training:
         cfg = dataclasses.replace(cfg, method="source_only")
-    run_training(
-        stage="intra",
-        cfg=cfg,
-        seed=sections["seed"],
-        model_params=sections["model"],
-        classes=dataset_classes(sections["data"].name),
-        source_index=args.pseudo_labels,
-        target_index=None if self_training else args.hard,
-        init_path={"source_only": args.source_only_model, "inter": args.inter_model}.get(cfg.init),
-        model_out=args.model_out,
-        live_dir=args.live_dir,
-        params=declared_params(sections),
-        # Both sides are target images: the easy split and the hard split.
-        source_size=sections["data"].target_size,
-        target_size=sections["data"].target_size,
-    )
+    with processes(get(raw, "compute"), __spec__.name) as compute:
+        run_training(
+            stage="intra",
+            cfg=cfg,
+            seed=sections["seed"],
+            model_params=sections["model"],
+            classes=dataset_classes(sections["data"].name),
+            source_index=args.pseudo_labels,
+            target_index=None if self_training else args.hard,
+            init_path={"source_only": args.source_only_model, "inter": args.inter_model}.get(
+                cfg.init
+            ),
+            model_out=args.model_out,
+            live_dir=args.live_dir,
+            params=declared_params(sections),
+            compute=compute,
+            # Both sides are target images: the easy split and the hard split.
+            source_size=sections["data"].target_size,
+            target_size=sections["data"].target_size,
+        )
 
 
 if __name__ == "__main__":

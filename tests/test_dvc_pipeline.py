@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -127,3 +130,22 @@ def test_invalid_lambda_stops_the_pipeline_before_any_output_is_removed(repo):
     assert "error: params.yaml: lambda = 1.5 is invalid" in result.stderr + result.stdout
     assert (repo / "data/splits/easy.parquet").read_bytes() == easy
     run(["git", "checkout", "params.yaml"], repo)
+
+
+def test_a_queued_lambda_sweep_runs_and_is_compared_in_exp_show(repo):
+    run(["git", "checkout", "params.yaml"], repo)
+    for lam in ("0.33", "0.8"):
+        run(["dvc", "exp", "run", "--queue", "-S", f"lambda={lam}"], repo)
+    run(["dvc", "queue", "start", "-j", "1"], repo)
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        status = run(["dvc", "queue", "status"], repo).stdout
+        if not re.search(r"\b(Queued|Running)\b", status):
+            break
+        time.sleep(3)
+    assert "Failed" not in status, status
+    rows = list(csv.DictReader(io.StringIO(run(["dvc", "exp", "show", "--csv"], repo).stdout)))
+    swept = {row["lambda"]: row for row in rows if row["lambda"] in ("0.33", "0.8")}
+    assert set(swept) == {"0.33", "0.8"}, rows
+    assert all(float(row["intra.mIoU"]) > 0 for row in swept.values())
+    run(["dvc", "queue", "stop"], repo, check=False)

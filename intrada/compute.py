@@ -1,0 +1,186 @@
+"""Where and how the networks run: device, mixed precision, memory format, and the
+processes of a `torchrun` launch (PyTorch DDP).
+
+A stage whose params ask for `compute.nproc` > 1 re-runs its own command under torchrun
+(`relaunch_under_torchrun`); each process then calls `setup()`, which joins the process
+group torchrun describes in its environment. With one process nothing is initialised:
+a 1-process run is a plain run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from intrada.config import ComputeParams
+from intrada.errors import IntradaError
+from intrada.io import atomic_path
+
+
+@dataclass(frozen=True)
+class Compute:
+    """The resolved settings one process runs with."""
+
+    device: torch.device
+    amp: bool  # bf16 autocast around network forwards (CUDA with bf16 support only)
+    channels_last: bool
+    num_workers: int
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def cuda(self) -> bool:
+        return self.device.type == "cuda"
+
+    @property
+    def main(self) -> bool:
+        """Rank 0: the process that logs and writes files."""
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world > 1
+
+    def autocast(self):
+        """bf16 autocast for network forwards; losses, entropy and metrics are computed
+        from `.float()` outputs outside it."""
+        if not self.amp:
+            return contextlib.nullcontext()
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+
+    def images(self, batch: torch.Tensor) -> torch.Tensor:
+        """A batch of images on the device, in the network's memory format."""
+        batch = batch.to(self.device, non_blocking=True)
+        if self.channels_last:
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        return batch
+
+    def module(self, module: torch.nn.Module) -> torch.nn.Module:
+        """A network moved to the device (and memory format)."""
+        module = module.to(self.device)
+        if self.channels_last:
+            module = module.to(memory_format=torch.channels_last)
+        return module
+
+
+# One process on the CPU, in fp32: the library's default.
+CPU = Compute(device=torch.device("cpu"), amp=False, channels_last=False, num_workers=0)
+
+
+def launched_by_torchrun() -> bool:
+    return "TORCHELASTIC_RUN_ID" in os.environ and "LOCAL_RANK" in os.environ
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "cpu":
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise IntradaError(
+            "params.yaml: compute.device = 'cuda' but PyTorch sees no CUDA device; "
+            "expected auto or cpu on this machine"
+        )
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def setup(params: ComputeParams) -> Compute:
+    """This process's settings; joins the torchrun process group when there is one."""
+    device = resolve_device(params.device)
+    rank, world = 0, 1
+    if launched_by_torchrun() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        local_rank = int(os.environ["LOCAL_RANK"])
+        if device.type == "cuda":
+            device = torch.device("cuda", local_rank)
+            torch.cuda.set_device(device)
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        rank, world = dist.get_rank(), dist.get_world_size()
+    cuda = device.type == "cuda"
+    if cuda:
+        # Fastest kernels for fixed input sizes; CUDA runs are not bit-reproducible anyway.
+        torch.backends.cudnn.benchmark = True
+    return Compute(
+        device=device,
+        amp=params.amp and cuda and torch.cuda.is_bf16_supported(),
+        channels_last=params.channels_last and cuda,
+        num_workers=params.num_workers,
+        rank=rank,
+        world=world,
+    )
+
+
+def teardown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def relaunch_under_torchrun(nproc: int, module: str) -> bool:
+    """With nproc > 1 and not yet under torchrun: run `python -m <module> <same args>`
+    as `torchrun --standalone --nproc-per-node <nproc>` and exit with its status.
+    Returns False when this process should do the work itself.
+
+    For several nodes, run the stage command under your own torchrun
+    (`torchrun --nnodes ... -m stages.train_inter ...`): it is then not relaunched.
+    """
+    if nproc <= 1 or launched_by_torchrun():
+        return False
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={nproc}",
+        "-m",
+        module,
+        *sys.argv[1:],
+    ]
+    sys.exit(subprocess.run(command).returncode)
+
+
+@contextlib.contextmanager
+def processes(params: ComputeParams, module: str, sharded: bool = True):
+    """A stage's compute: with `compute.nproc` > 1 (and `sharded`, a stage that can split
+    its work) the stage first re-runs itself under torchrun; every process then gets its
+    settings here, and leaves the process group on exit."""
+    if sharded:
+        relaunch_under_torchrun(params.nproc, module)
+    compute = setup(params)
+    try:
+        yield compute
+    finally:
+        teardown()
+
+
+@contextlib.contextmanager
+def shared_atomic_dirs(paths: list[Path], compute: Compute):
+    """Temporary folders every process writes into, renamed onto `paths` by the main
+    process once all have finished (`io.atomic_path` for several processes)."""
+    with contextlib.ExitStack() as stack:
+        tmps = None
+        if compute.main:
+            tmps = [stack.enter_context(atomic_path(p)) for p in paths]
+            for tmp in tmps:
+                tmp.mkdir()
+        if compute.distributed:
+            shared = [tmps]
+            dist.broadcast_object_list(shared, src=0)
+            tmps = shared[0]
+        yield tmps
+        if compute.distributed:
+            dist.barrier()  # every shard written before the main process renames
+
+
+def mean_across(values: dict[str, float], compute: Compute) -> dict[str, float]:
+    """Per-process numbers averaged over all processes (identity for one)."""
+    if not compute.distributed or not values:
+        return values
+    keys = sorted(values)
+    tensor = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=compute.device)
+    dist.all_reduce(tensor)
+    return dict(zip(keys, (tensor / compute.world).tolist(), strict=True))

@@ -1,0 +1,111 @@
+"""torchrun / DDP on the CPU (gloo): training and sharded scoring match one process."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from intrada.checkpoint import load_model
+from intrada.compute import resolve_device, setup
+from intrada.config import ComputeParams
+from intrada.errors import IntradaError
+from tests.conftest import REPO, tiny_params, write_params
+from tests.pipeline import dvc_stages, run_stage
+
+pytestmark = pytest.mark.slow
+
+BEFORE_INTER = ("check_params", "generate_data@synthetic", "index_data", "train_source_only")
+
+
+def run_command(stage: str, directory: Path, torchrun_nproc: int | None = None) -> None:
+    """The stage's dvc.yaml command as a subprocess in `directory` (optionally under an
+    explicit torchrun), with one thread per process so that runs compare exactly."""
+    words = shlex.split(dvc_stages()[stage]["cmd"])
+    command = [sys.executable, *words[1:]]
+    if torchrun_nproc is not None:
+        launcher = ["-m", "torch.distributed.run", "--standalone"]
+        command = [sys.executable, *launcher, f"--nproc-per-node={torchrun_nproc}", *words[1:]]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, cwd=directory, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    """Tiny project with everything up to the source-only model."""
+    directory = tmp_path_factory.mktemp("ddp")
+    params = tiny_params()
+    params["inter"].update(iterations=3, batch_size=2)
+    write_params(directory, params)
+    for name in BEFORE_INTER:
+        run_stage(name, directory)
+    return directory, params
+
+
+def train_inter(directory: Path, params: dict, batch_size: int, nproc: int, torchrun=None):
+    params = {**params, "inter": {**params["inter"], "batch_size": batch_size}}
+    params["compute"] = {**params["compute"], "nproc": nproc}
+    write_params(directory, params)
+    run_command("train_inter", directory, torchrun)
+    model, meta = load_model(directory / "models/inter/model.pt")
+    return model.state_dict(), meta
+
+
+def test_one_process_under_torchrun_equals_a_plain_run(project):
+    directory, params = project
+    plain, _ = train_inter(directory, params, batch_size=2, nproc=1)
+    under_torchrun, meta = train_inter(directory, params, batch_size=2, nproc=1, torchrun=1)
+    assert meta["compute"]["processes"] == 1
+    assert all(torch.equal(plain[k], under_torchrun[k]) for k in plain)
+
+
+def test_two_gloo_processes_train_as_one_process_with_both_batches(project):
+    directory, params = project
+    plain, _ = train_inter(directory, params, batch_size=2, nproc=1)
+    # compute.nproc = 2: the stage relaunches itself under torchrun; 1 image per process.
+    ddp, meta = train_inter(directory, params, batch_size=1, nproc=2)
+    assert meta["compute"] == {"device": "cpu", "amp_bf16": False, "processes": 2}
+    changed = [k for k in plain if plain[k].is_floating_point()]
+    for key in changed:
+        torch.testing.assert_close(ddp[key], plain[key], rtol=1e-4, atol=1e-5, msg=key)
+    curves = directory / "dvclive/inter/plots/metrics/train/loss_adv_trg_main.tsv"
+    assert len(curves.read_text().splitlines()) == 1 + 2  # header + log_every 2 of 3
+
+
+def test_sharded_scoring_writes_the_single_process_table_and_maps(project):
+    directory, params = project
+    params = {**params, "inference": {**params["inference"], "batch_size": 1}}
+    write_params(directory, params)
+    run_stage("train_inter", directory)
+    results = {}
+    for nproc in (1, 2):
+        params["compute"] = {**params["compute"], "nproc": nproc}
+        write_params(directory, params)
+        run_command("score_entropy", directory)
+        table = pd.read_parquet(directory / "data/entropy/scores.parquet")
+        maps = {p: np.load(directory / p) for p in table["map_path"]}
+        preds = {p: (directory / p).read_bytes() for p in table["prediction_path"]}
+        results[nproc] = (table, maps, preds)
+    (t1, m1, p1), (t2, m2, p2) = results[1], results[2]
+    pd.testing.assert_frame_equal(t1, t2)
+    assert p1 == p2
+    assert m1.keys() == m2.keys() and all(np.array_equal(m1[k], m2[k]) for k in m1)
+    assert not list((directory / "data/entropy").glob(".*tmp"))  # no temporary leftovers
+
+
+def test_cuda_asked_for_without_a_gpu_is_one_line():
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(IntradaError, match=r"compute.device = 'cuda' but PyTorch sees no CUDA"):
+        resolve_device("cuda")
+    compute = setup(ComputeParams("auto", amp=True, channels_last=True, num_workers=0, nproc=1))
+    assert (compute.device.type, compute.amp, compute.channels_last) == ("cpu", False, False)
+    assert compute.main and not compute.distributed
