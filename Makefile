@@ -7,7 +7,7 @@ INSTALLED := $(VENV)/.installed
 # Stage commands call `python`: put the project's environment first on PATH.
 RUN := PATH="$(CURDIR)/$(BIN):$$PATH"
 
-.PHONY: install repro test lint method-gain
+.PHONY: install repro test lint method-gain bench
 
 install: $(INSTALLED)
 
@@ -32,3 +32,7 @@ lint: $(INSTALLED)
 # Seeds 0-2 with both controls and the lambda sweep: about 40 minutes on 2 CPU cores.
 method-gain: $(INSTALLED)
 	$(RUN) python -m benchmarks.method_gain
+
+# Speed: training step vs reference-style loop, inference overhead, ranking, no-op repro.
+bench: $(INSTALLED)
+	$(RUN) python -m benchmarks.speed

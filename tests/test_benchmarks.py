@@ -1,8 +1,10 @@
-"""The method-gain benchmark end to end on the tiny profile (one seed)."""
+"""The benchmarks run end to end: method gain on the tiny profile (one seed), and the
+speed measurements with small counts (their numbers are printed, never asserted)."""
 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -51,3 +53,34 @@ def test_method_gain_prints_the_seed_and_lambda_tables(tmp_path):
     assert not (variant / "models/intra/model.pt").is_symlink()
     assert results["lambda_1.0"]["diagnostics"]["inter_hard_mIoU"] is None
     assert results["main"]["source_only"] == results["lambda_1.0"]["source_only"]
+
+
+def test_speed_benchmark_prints_the_four_measurements():
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.speed",
+            "--steps",
+            "1",
+            "--images",
+            "8",
+            "--deeplab-images",
+            "0",
+            "--scores",
+            "1000",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    for prefix, pattern in (
+        ("(a) training step", r"-> \d+\.\d\dx \(goal >= 1\.0x\)"),
+        ("(b) inference, small model", r"overhead -?\d+\.\d % \(goal <= 15 %\)"),
+        ("(c) ranking 1,000 scores", r"\d+\.\d\d s \(goal < 2 s\)"),
+        ("(d) no-op dvc repro", r"\d+\.\d\d s \(goal < 5 s\)"),
+    ):
+        (line,) = [line for line in lines if line.startswith(prefix)]
+        assert re.search(pattern, line), line

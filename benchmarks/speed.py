@@ -1,0 +1,291 @@
+"""Speed of the pipeline's hot paths, as ratios measured in one run on this machine.
+
+(a) training-step throughput of our AdvEnt step against a straightforward
+    re-implementation of the reference loop's structure (the discriminator step
+    recomputes softmax and entropy of both domains from the network's outputs and runs
+    source and target through each discriminator with separate backward passes), on the
+    same model and data; goal >= 1.0x;
+(b) entropy scoring (`score_images`: maps, predictions and scores table written)
+    against bare forward passes over the same images; goal: overhead <= 15 %;
+(c) ranking 1,000,000 scores into the two split files; goal < 2 s;
+(d) a no-op `dvc repro` of a tiny copy of the project; goal < 5 s.
+
+    python -m benchmarks.speed [--params params.yaml] [--steps 20] [--images 256]
+        [--scores 1000000] [--skip-dvc]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+import yaml
+
+from intrada.classes import dataset_classes
+from intrada.config import get, read_params
+from intrada.data import SegmentationSet, in_order, loader
+from intrada.entropy import self_information
+from intrada.inference import predict_probs, score_images
+from intrada.io import write_parquet
+from intrada.layouts import index_cityscapes
+from intrada.losses import SOURCE_LABEL, TARGET_LABEL, adversarial_loss
+from intrada.models import build_model
+from intrada.ranking import rank_splits
+from intrada.runs import arch_config
+from intrada.synthetic import write_benchmark
+from intrada.training import AdaptationStep, freeze_batchnorm
+
+REPO = Path(__file__).resolve().parents[1]
+PROJECT_FILES = (
+    "intrada",
+    "stages",
+    "dvc.yaml",
+    ".dvcignore",
+    ".gitignore",
+    ".dvc/config",
+    ".dvc/.gitignore",
+)
+
+
+class ReferenceStyleStep(AdaptationStep):
+    """AdvEnt's reference loop structure: the discriminator step starts again from the
+    network's detached outputs (softmax and entropy recomputed for both domains) and
+    trains on each domain with its own backward pass."""
+
+    def _forward(self, images):
+        outputs = super()._forward(images)
+        self._last_logits = outputs  # the target's logits are the last ones computed
+        return outputs
+
+    def _discriminator_step(self, pred_src_main, pred_src_aux, info_trg_main, info_trg_aux):
+        discs = self.discs
+        discs.requires_grad(True)
+        discs.optimizer.zero_grad(set_to_none=True)
+        pred_trg_aux, pred_trg_main = (p.detach() for p in self._last_logits)
+        losses = {}
+        for name, disc, pred_src, pred_trg in (
+            ("main", discs.main, pred_src_main, pred_trg_main),
+            ("aux", discs.aux, pred_src_aux, pred_trg_aux),
+        ):
+            loss_src = adversarial_loss(
+                disc(self_information(F.softmax(pred_src, 1))), SOURCE_LABEL
+            )
+            (loss_src / 2).backward()
+            loss_trg = adversarial_loss(
+                disc(self_information(F.softmax(pred_trg, 1))), TARGET_LABEL
+            )
+            (loss_trg / 2).backward()
+            losses[f"loss_d_{name}"] = (loss_src.item() + loss_trg.item()) / 2
+        discs.optimizer.step()
+        return losses
+
+
+def make_step(step_class, raw: dict):
+    """An AdvEnt step of `step_class` on a fresh seeded model, and fixed random batches."""
+    data, model_params = get(raw, "data"), get(raw, "model")
+    cfg = dataclasses.replace(get(raw, "inter"), method="advent")
+    classes = dataset_classes(data.name)
+    torch.manual_seed(0)
+    model = build_model(model_params.name, len(classes), **arch_config(model_params)).train()
+    if cfg.freeze_bn:
+        freeze_batchnorm(model)
+    width, height = data.target_size
+    src = {
+        "image": torch.rand(cfg.batch_size, 3, height, width),
+        "label": torch.randint(0, len(classes), (cfg.batch_size, height, width)),
+    }
+    trg = {"image": torch.rand(cfg.batch_size, 3, height, width)}
+    step = step_class(model, cfg, len(classes))
+    return lambda: step(src, trg)
+
+
+def benchmark_step(raw: dict, steps: int, rounds: int = 5) -> str:
+    """Median over `rounds` of alternating blocks of `steps` steps each (so that drift of
+    the machine's speed hits both alike)."""
+    runs = {"ours": make_step(AdaptationStep, raw), "reference": make_step(ReferenceStyleStep, raw)}
+    for run in runs.values():
+        run(), run()  # warm-up
+    seconds = {name: [] for name in runs}
+    for _ in range(rounds):
+        for name, run in runs.items():
+            start = time.perf_counter()
+            for _ in range(steps):
+                run()
+            seconds[name].append((time.perf_counter() - start) / steps)
+    ours, reference = (float(np.median(seconds[n])) for n in ("ours", "reference"))
+    ratio = float(np.median(np.array(seconds["reference"]) / np.array(seconds["ours"])))
+    return (
+        f"(a) training step (AdvEnt, batch {get(raw, 'inter').batch_size}): ours "
+        f"{ours * 1000:.1f} ms, reference-style {reference * 1000:.1f} ms -> {ratio:.2f}x "
+        "(goal >= 1.0x)"
+    )
+
+
+def synthetic_set(
+    raw: dict, directory: Path, count: int, size: tuple[int, int]
+) -> tuple[SegmentationSet, pd.DataFrame]:
+    """`count` target-train images of the synthetic benchmark written to `directory`,
+    read at `size`."""
+    synthetic = dataclasses.replace(
+        get(raw, "generate").synthetic, num_source=1, num_target_train=count, num_target_val=1
+    )
+    write_benchmark(0, synthetic, directory / "synthetic")
+    table = index_cityscapes(directory / "synthetic/target", "train")[["image_id", "image_path"]]
+    classes = dataset_classes("synthetic")
+    return SegmentationSet(table, classes, Path("."), labelled=False, size=size), table
+
+
+def benchmark_inference(raw: dict, count: int, deeplab_size: tuple[int, int] | None = None) -> str:
+    """The params' model at the params' size, or DeepLab-v2 (random weights) at
+    `deeplab_size`: the per-image file costs are the same, the forward far heavier."""
+    cfg = get(raw, "inference")
+    classes = dataset_classes("synthetic")
+    torch.manual_seed(0)
+    if deeplab_size is None:
+        model_params, size = get(raw, "model"), get(raw, "data").target_size
+        model = build_model(model_params.name, len(classes), **arch_config(model_params))
+        label = f"{model_params.name} model at {size[0]}x{size[1]}"
+    else:
+        model, size = (
+            build_model("deeplabv2", len(classes), weights_format="torchvision"),
+            deeplab_size,
+        )
+        label = f"DeepLab-v2 ResNet-101 at {size[0]}x{size[1]}"
+    model.eval()
+    batch_size = cfg.batch_size if deeplab_size is None else 4
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        dataset, table = synthetic_set(raw, tmp, count, size)
+
+        def bare() -> None:
+            for batch in loader(dataset, in_order(len(dataset), batch_size)):
+                images = batch["image"]
+                predict_probs(model, images, tuple(images.shape[-2:]))
+
+        def scored() -> None:
+            out = tmp / f"out_{time.perf_counter_ns()}"
+            score_images(
+                model,
+                dataset,
+                table,
+                classes,
+                batch_size,
+                out / "maps",
+                out / "preds",
+                out / "maps",
+                out / "preds",
+                rare_classes=cfg.rare_classes,
+            )
+
+        bare()  # warm-up: file cache, first-call allocations
+        timings = {}
+        for name, fn in (("bare", bare), ("scored", scored), ("bare2", bare), ("scored2", scored)):
+            start = time.perf_counter()
+            fn()
+            timings[name] = time.perf_counter() - start
+    base = min(timings["bare"], timings["bare2"])
+    full = min(timings["scored"], timings["scored2"])
+    return (
+        f"(b) inference, {label}, {count} images: bare forwards {base:.2f} s, scoring "
+        f"with maps, predictions and table {full:.2f} s -> overhead "
+        f"{100 * (full / base - 1):.1f} % (goal <= 15 %)"
+    )
+
+
+def benchmark_ranking(count: int) -> str:
+    rng = np.random.default_rng(0)
+    ids = [f"img_{i:07d}" for i in range(count)]
+    scores = pd.DataFrame(
+        {
+            "image_id": ids,
+            "image_path": [f"data/{i}.png" for i in ids],
+            "entropy": rng.random(count),
+            "score": rng.random(count),
+        }
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        easy, hard = rank_splits(scores, 0.67)
+        write_parquet(Path(tmp) / "easy.parquet", easy)
+        write_parquet(Path(tmp) / "hard.parquet", hard)
+        seconds = time.perf_counter() - start
+    return f"(c) ranking {count:,} scores into split files: {seconds:.2f} s (goal < 2 s)"
+
+
+def benchmark_noop_repro() -> str:
+    """A tiny copy of the project, reproduced once, then `dvc repro` with nothing to do."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        for name in PROJECT_FILES:
+            source, target = REPO / name, root / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if source.is_dir():
+                shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
+            else:
+                shutil.copy2(source, target)
+        params = yaml.safe_load((REPO / "params.yaml").read_text())
+        params["generate"]["synthetic"].update(
+            height=32, width=64, num_source=12, num_target_train=10, num_target_val=4
+        )
+        params["data"].update(source_size=[64, 32], target_size=[64, 32])
+        params["model"]["width"] = 4
+        for section in ("source_only", "inter", "intra"):
+            params[section].update(iterations=3, batch_size=2)
+        (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+        # dvclive (inside the training stages) needs a repository with a commit.
+        git = ["git", "-c", "user.name=bench", "-c", "user.email=bench@example.com"]
+        for command in (
+            ["git", "init", "-q"],
+            ["git", "add", "-A"],
+            [*git, "commit", "-qm", "tiny project"],
+            ["dvc", "repro", "-q"],
+        ):
+            subprocess.run(command, cwd=root, env=env, check=True, capture_output=True)
+        start = time.perf_counter()
+        result = subprocess.run(["dvc", "repro"], cwd=root, env=env, capture_output=True, text=True)
+        seconds = time.perf_counter() - start
+        assert "Running stage" not in result.stdout, result.stdout
+    return f"(d) no-op dvc repro: {seconds:.2f} s (goal < 5 s)"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--steps", type=int, default=20, help="timed training steps")
+    parser.add_argument("--images", type=int, default=256, help="images scored in (b)")
+    parser.add_argument(
+        "--deeplab-images", type=int, default=16, help="images scored with DeepLab-v2 (0: skip)"
+    )
+    parser.add_argument("--scores", type=int, default=1_000_000, help="scores ranked in (c)")
+    parser.add_argument("--skip-dvc", action="store_true", help="leave out (d)")
+    args = parser.parse_args()
+    raw = read_params(args.params)
+    print(
+        f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__} "
+        f"({torch.get_num_threads()} threads), CUDA {torch.cuda.is_available()}",
+        flush=True,
+    )
+    print(benchmark_step(raw, args.steps), flush=True)
+    print(benchmark_inference(raw, args.images), flush=True)
+    if args.deeplab_images:
+        print(benchmark_inference(raw, args.deeplab_images, deeplab_size=(256, 128)), flush=True)
+    print(benchmark_ranking(args.scores), flush=True)
+    if not args.skip_dvc:
+        print(benchmark_noop_repro(), flush=True)
+
+
+if __name__ == "__main__":
+    main()
