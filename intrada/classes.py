@@ -56,6 +56,8 @@ SYNTHIA_ID_TO_CLASS = {
     19: "bus",
     21: "wall",
 }
+# SYNTHIA-RAND-CITYSCAPES ids run from 0 (void) to 22 (lane marking).
+SYNTHIA_MAX_ID = 22
 # SYNTHIA -> Cityscapes is also reported on 13 classes, without wall, fence and pole
 # (the paper's mIoU*).
 SYNTHIA_13_EXCLUDED = ("wall", "fence", "pole")
@@ -90,6 +92,17 @@ def label_lut(encoding: str) -> np.ndarray:
         for synthia_id, name in SYNTHIA_ID_TO_CLASS.items():
             lut[synthia_id] = train_id[name]
         return lut
+    raise ValueError(f"unknown label encoding {encoding!r}; expected one of {LABEL_ENCODINGS}")
+
+
+def label_range(encoding: str) -> int:
+    """The highest value a label of this encoding may hold (train ids also 255)."""
+    if encoding == TRAIN_ID:
+        return len(cityscapes_train_classes()) - 1
+    if encoding == CITYSCAPES_ID:
+        return max(label_id for label_id, _, _ in cityscapes_label_ids())
+    if encoding == SYNTHIA_ID:
+        return SYNTHIA_MAX_ID
     raise ValueError(f"unknown label encoding {encoding!r}; expected one of {LABEL_ENCODINGS}")
 
 

@@ -98,10 +98,21 @@ def read_label_png(path: str | Path) -> np.ndarray:
 
 def read_label(path: str | Path, encoding: str) -> np.ndarray:
     """A label file of any encoding (`intrada.classes.LABEL_ENCODINGS`) as (H, W) uint8
-    train ids, 255 = ignore."""
-    from intrada.classes import SYNTHIA_ID
+    train ids, 255 = ignore. A value the encoding cannot hold (say 200 in a Cityscapes
+    label-id PNG: a wrong file, or another dataset's labels) is an error, not ignored."""
+    from intrada.classes import SYNTHIA_ID, TRAIN_ID, label_range
 
     raw = read_synthia_label(path) if encoding == SYNTHIA_ID else read_label_png(path)
+    highest = label_range(encoding)
+    bad = raw > highest
+    if encoding == TRAIN_ID:
+        bad &= raw != 255
+    if bad.any():
+        value = int(raw[bad].max())
+        raise IntradaError(
+            f"{path}: label value {value} is out of range for {encoding} labels; expected "
+            f"0-{highest}{' or 255' if encoding == TRAIN_ID else ''}"
+        )
     return _lut(encoding)[raw]
 
 

@@ -1,7 +1,7 @@
 """Tiny dataset trees in the real GTA5, SYNTHIA-RAND-CITYSCAPES and Cityscapes layouts.
 
 Labels hold known ids, including ids that have no train id and must become 255:
-Cityscapes label ids 0 (unlabeled), 9 (parking) and 34 (no such class); SYNTHIA ids 0
+Cityscapes label ids 0 (unlabeled), 9 (parking) and 30 (trailer); SYNTHIA ids 0
 (void), 16 (terrain: not one of SYNTHIA's 16 classes) and 22 (lane marking).
 """
 
@@ -15,7 +15,7 @@ from PIL import Image
 
 # Label id -> expected train id (Cityscapes' table): road 7 -> 0, building 11 -> 2,
 # car 26 -> 13, bicycle 33 -> 18, and three ids that must be ignored.
-CITYSCAPES_IDS = {7: 0, 11: 2, 26: 13, 33: 18, 0: 255, 9: 255, 34: 255}
+CITYSCAPES_IDS = {7: 0, 11: 2, 26: 13, 33: 18, 0: 255, 9: 255, 30: 255}
 # SYNTHIA id -> expected train id: road 3 -> 0, sky 1 -> 10, pedestrian 10 -> 11,
 # wall 21 -> 3, and three ids that must be ignored.
 SYNTHIA_IDS = {3: 0, 1: 10, 10: 11, 21: 3, 0: 255, 16: 255, 22: 255}

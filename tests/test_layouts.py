@@ -51,7 +51,7 @@ def test_cityscapes_id_table_comes_from_torchvision():
     lut = label_lut(CITYSCAPES_ID)
     # Spot checks against the published table; everything without a train id is 255.
     assert [lut[i] for i in (7, 8, 11, 24, 26, 33)] == [0, 1, 2, 11, 13, 18]
-    assert [lut[i] for i in (0, 1, 6, 9, 29, 30, 34, 255)] == [255] * 8
+    assert [lut[i] for i in (0, 1, 6, 9, 29, 30)] == [255] * 6
     assert sorted(set(lut.tolist()) - {255}) == list(range(19))
 
 
@@ -179,3 +179,47 @@ def test_an_rgb_label_is_refused(tmp_path):
     save(tmp_path / "GTA5/labels/00001.png", rgb(96, 48, seed=1))
     with pytest.raises(IntradaError, match=r"labels/00001.png: label mode RGB; expected 8-bit"):
         check_pairs(table, decode=False)
+
+
+@pytest.mark.parametrize(
+    ("encoding", "value", "message"),
+    [
+        (
+            CITYSCAPES_ID,
+            34,
+            r"label value 34 is out of range for cityscapes_id labels; expected 0-33",
+        ),
+        (
+            "train_id",
+            19,
+            r"label value 19 is out of range for train_id labels; expected 0-18 or 255",
+        ),
+    ],
+)
+def test_label_values_out_of_range_are_refused(tmp_path, encoding, value, message):
+    label = np.zeros((4, 6), np.uint8)
+    label[1, 2] = value
+    path = save(tmp_path / "label.png", label)
+    with pytest.raises(IntradaError, match=message) as info:
+        read_label(path, encoding)
+    assert str(path) in str(info.value) and "\n" not in str(info.value)
+    label[1, 2] = 255 if encoding == "train_id" else 33
+    save(path, label)
+    read_label(path, encoding)  # the top of the range is fine
+
+
+def test_synthia_ids_out_of_range_are_refused(tmp_path):
+    from tests.real_layouts import write_synthia_label
+
+    path = write_synthia_label(tmp_path / "0000000.png", np.full((4, 6), 23, np.uint16))
+    with pytest.raises(IntradaError, match=r"label value 23 is out of range for synthia_id"):
+        read_label(path, SYNTHIA_ID)
+
+
+def test_decoding_pass_finds_out_of_range_label_values(tmp_path):
+    table = index_gta5(write_gta5(tmp_path / "GTA5"))
+    label = np.full((48, 96), 200, np.uint8)
+    save(tmp_path / "GTA5/labels/00002.png", label)
+    check_pairs(table, decode=False)  # headers cannot tell
+    with pytest.raises(IntradaError, match=r"labels/00002.png: label value 200 is out of range"):
+        check_pairs(table, decode=True)
