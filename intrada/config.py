@@ -187,6 +187,8 @@ class TrainParams:
     # Iterations the poly schedule decays over, when longer than the run: AdvEnt decays
     # over 250k and stops at 120k. Unset = `iterations`.
     schedule_iterations: int | None = None
+    # Iterations between resumable checkpoints (one is always written at the end).
+    checkpoint_every: int | None = None
 
     def check(self, key: str) -> None:
         allowed = ALLOWED_INIT[key]
@@ -206,6 +208,8 @@ class TrainParams:
             _fail(f"{key}.momentum", self.momentum, "a number in [0, 1)")
         for name in ("weight_decay", "poly_power", "lambda_seg_aux"):
             _non_negative(f"{key}.{name}", getattr(self, name))
+        if self.checkpoint_every is not None:
+            _positive(f"{key}.checkpoint_every", self.checkpoint_every)
         if self.schedule_iterations is not None and self.schedule_iterations < self.iterations:
             _fail(
                 f"{key}.schedule_iterations",

@@ -21,6 +21,7 @@ from intrada.data import SegmentationSet, load_index
 from intrada.errors import IntradaError
 from intrada.io import atomic_path
 from intrada.models import build_model, load_pretrained
+from intrada.resume import Checkpoints, run_key
 from intrada.training import train
 
 log = logging.getLogger(__name__)
@@ -101,13 +102,15 @@ def run_training(
     target_size: tuple[int, int] | None = None,
     root: Path = Path("."),
     compute: Compute = CPU,
+    checkpoint_dir: Path | None = None,
 ) -> nn.Module:
     """Train on a labelled source-like index (and an unlabelled target index unless the
     method is source_only), log curves with dvclive and save the model with provenance.
 
     Images (and source labels) are resized to `source_size` / `target_size` (width,
     height); None keeps them as stored. With several processes (torchrun) every process
-    trains, and only the main one logs curves and writes the model."""
+    trains, and only the main one logs curves and writes the model. With
+    `checkpoint_dir` an interrupted run resumes (`intrada.resume`)."""
     source_table = load_index(source_index, labelled=True)
     source = SegmentationSet(source_table, classes, root, labelled=True, size=source_size)
     target = None
@@ -138,6 +141,14 @@ def run_training(
     # Bit-identical reruns on the CPU; on CUDA, cudnn's fastest kernels win instead.
     torch.use_deterministic_algorithms(not compute.cuda, warn_only=True)
 
+    checkpoints = None
+    if checkpoint_dir is not None:
+        inputs = [source_index, target_index if target is not None else None, init_path]
+        if cfg.init == "pretrained":
+            inputs.append(Path(model_params.pretrained))
+        key = run_key({"params": params, "processes": compute.world}, inputs)
+        checkpoints = Checkpoints(checkpoint_dir, cfg.checkpoint_every, key)
+
     def run(on_log=None) -> None:
         train(
             model,
@@ -148,6 +159,7 @@ def run_training(
             on_log=on_log,
             run_key=RUN_KEYS[stage],
             compute=compute,
+            checkpoints=checkpoints,
         )
 
     if not compute.main:

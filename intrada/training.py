@@ -33,6 +33,7 @@ from intrada.losses import (
     segmentation_loss,
 )
 from intrada.models import EntropyDiscriminator, upsample
+from intrada.resume import Checkpoints
 
 log = logging.getLogger(__name__)
 
@@ -265,6 +266,7 @@ def train(
     on_log: Callable[[int, dict[str, float]], None] | None = None,
     run_key: int = 0,
     compute: Compute = CPU,
+    checkpoints: Checkpoints | None = None,
 ) -> nn.Module:
     """Train `model` in place for `cfg.iterations` steps and return it.
 
@@ -274,6 +276,10 @@ def train(
     with one seed apart, so that (say) inter training does not replay the source-only
     run's batch order. With several processes each trains on its share of every step's
     batches (`EndlessBatches`), `cfg.batch_size` images per process.
+
+    With `checkpoints`, an unfinished checkpoint of the same run is resumed from (its
+    logged curves are replayed through `on_log` first) and a new one is written when due;
+    the result is bit-identical on the CPU to a run that was never interrupted.
     """
     if cfg.method != "source_only" and target is None:
         raise ValueError(f"method {cfg.method} needs a target set")
@@ -284,6 +290,13 @@ def train(
     # Discriminator initialisation: a seed derived from both, so no two (seed, run) collide.
     torch.manual_seed(int(np.random.SeedSequence([seed, run_key]).generate_state(1)[0]))
     step = AdaptationStep(model, cfg, source.num_classes, compute)
+    start, window, history = 0, {}, []
+    resumed = checkpoints.load() if checkpoints is not None else None
+    if resumed is not None:
+        start, window, history = restore(step, resumed)
+        if compute.main and on_log is not None:
+            for iteration, means in history:
+                on_log(iteration, means)
 
     def batches(dataset, stream):
         sampler = EndlessBatches(
@@ -292,6 +305,7 @@ def train(
             seed,
             (run_key, stream),
             cfg.hflip,
+            start=start,
             stop=cfg.iterations,
             rank=compute.rank,
             world=compute.world,
@@ -300,9 +314,8 @@ def train(
 
     src_iter = batches(source, SOURCE_STREAM)
     trg_iter = batches(target, TARGET_STREAM) if cfg.method != "source_only" else None
-    window: dict[str, list[float]] = {}
     bar = tqdm(
-        range(cfg.iterations),
+        range(start, cfg.iterations),
         desc="train",
         unit="it",
         file=sys.stderr,
@@ -319,16 +332,49 @@ def train(
             means = mean_across({k: sum(v) / len(v) for k, v in window.items()}, compute)
             means["lr"] = step.optimizer.param_groups[0]["lr"]
             window.clear()
-            if not compute.main:
-                continue
-            bar.set_postfix(seg=f"{means['loss_seg_src_main']:.3f}")
-            if not sys.stderr.isatty():
-                log.info(
-                    "iteration %d/%d %s",
-                    it + 1,
-                    cfg.iterations,
-                    " ".join(f"{k}={v:.4g}" for k, v in means.items()),
-                )
-            if on_log is not None:
-                on_log(it + 1, means)
+            history.append((it + 1, means))
+            if compute.main:
+                bar.set_postfix(seg=f"{means['loss_seg_src_main']:.3f}")
+                if not sys.stderr.isatty():
+                    log.info(
+                        "iteration %d/%d %s",
+                        it + 1,
+                        cfg.iterations,
+                        " ".join(f"{k}={v:.4g}" for k, v in means.items()),
+                    )
+                if on_log is not None:
+                    on_log(it + 1, means)
+        if checkpoints is not None and compute.main and checkpoints.due(it + 1, cfg.iterations):
+            checkpoints.save(snapshot(step, it + 1, window, history), complete=last)
     return model.cpu()
+
+
+def snapshot(step: AdaptationStep, iteration: int, window: dict, history: list) -> dict:
+    """Everything the rest of a run depends on, as plain types and tensors."""
+    state = {
+        "iteration": iteration,
+        "model": step.model.state_dict(),
+        "optimizer": step.optimizer.state_dict(),
+        "window": {k: list(v) for k, v in window.items()},
+        "history": [[i, dict(m)] for i, m in history],
+        "torch_rng": torch.get_rng_state(),
+    }
+    if step.discs is not None:
+        state["disc_main"] = step.discs.main.state_dict()
+        state["disc_aux"] = step.discs.aux.state_dict()
+        state["disc_optimizer"] = step.discs.optimizer.state_dict()
+    return state
+
+
+def restore(step: AdaptationStep, state: dict) -> tuple[int, dict, list]:
+    """Load a snapshot into `step`; returns (iteration, loss window, logged history)."""
+    step.model.load_state_dict(state["model"])
+    step.optimizer.load_state_dict(state["optimizer"])
+    if step.discs is not None:
+        step.discs.main.load_state_dict(state["disc_main"])
+        step.discs.aux.load_state_dict(state["disc_aux"])
+        step.discs.optimizer.load_state_dict(state["disc_optimizer"])
+    torch.set_rng_state(state["torch_rng"])
+    window = {k: list(v) for k, v in state["window"].items()}
+    history = [(int(i), dict(m)) for i, m in state["history"]]
+    return int(state["iteration"]), window, history

@@ -35,6 +35,9 @@ def main() -> None:
     )
     parser.add_argument("--model-out", type=Path, required=True)
     parser.add_argument("--live-dir", type=Path, required=True)
+    parser.add_argument(
+        "--checkpoint-dir", type=Path, required=True, help="resumable checkpoint (persisted)"
+    )
     args = parser.parse_args()
     raw = read_params()
     sections = {name: get(raw, name) for name in ("seed", "lambda", "data", "model", "intra")}
@@ -58,6 +61,7 @@ def main() -> None:
             live_dir=args.live_dir,
             params=declared_params(sections),
             compute=compute,
+            checkpoint_dir=args.checkpoint_dir,
             # Both sides are target images: the easy split and the hard split.
             source_size=sections["data"].target_size,
             target_size=sections["data"].target_size,

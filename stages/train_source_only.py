@@ -15,6 +15,9 @@ def main() -> None:
     parser.add_argument("--source", type=Path, required=True, help="labelled index table")
     parser.add_argument("--model-out", type=Path, required=True)
     parser.add_argument("--live-dir", type=Path, required=True)
+    parser.add_argument(
+        "--checkpoint-dir", type=Path, required=True, help="resumable checkpoint (persisted)"
+    )
     args = parser.parse_args()
     raw = read_params()
     sections = {name: get(raw, name) for name in ("seed", "data", "model", "source_only")}
@@ -32,6 +35,7 @@ def main() -> None:
             live_dir=args.live_dir,
             params=declared_params(sections),
             compute=compute,
+            checkpoint_dir=args.checkpoint_dir,
             source_size=sections["data"].source_size,
             target_size=sections["data"].target_size,
         )

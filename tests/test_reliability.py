@@ -1,0 +1,155 @@
+"""Interrupted runs resume bit for bit; failed writes and unsafe files change nothing."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from intrada.checkpoint import MODEL_FORMAT, load_model
+from intrada.errors import IntradaError
+from intrada.resume import FILE_NAME
+from tests.conftest import REPO, tiny_params, write_params
+from tests.pipeline import dvc_stages, run_stage
+
+pytestmark = pytest.mark.slow
+
+BEFORE_INTER = ("check_params", "generate_data@synthetic", "index_data", "train_source_only")
+
+
+def inter_command(directory: Path) -> tuple[list[str], dict]:
+    words = shlex.split(dvc_stages()["train_inter"]["cmd"])
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return [sys.executable, *words[1:]], env
+
+
+def run_inter(directory: Path) -> subprocess.CompletedProcess:
+    command, env = inter_command(directory)
+    result = subprocess.run(command, cwd=directory, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def curves(directory: Path) -> dict[str, bytes]:
+    live = directory / "dvclive/inter"
+    return {p.relative_to(live).as_posix(): p.read_bytes() for p in live.rglob("*") if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    """Everything up to the source-only model; inter trains 200 short iterations with a
+    checkpoint every 5."""
+    directory = tmp_path_factory.mktemp("resume")
+    params = tiny_params()
+    params["inter"].update(iterations=200, batch_size=2, log_every=5, checkpoint_every=5)
+    write_params(directory, params)
+    for name in BEFORE_INTER:
+        run_stage(name, directory)
+    return directory
+
+
+def copy_project(project: Path, target: Path) -> Path:
+    shutil.copytree(project, target, symlinks=True)
+    return target
+
+
+def test_a_run_killed_after_a_checkpoint_resumes_to_the_same_model(project, tmp_path):
+    uninterrupted = copy_project(project, tmp_path / "uninterrupted")
+    run_inter(uninterrupted)
+
+    killed = copy_project(project, tmp_path / "killed")
+    command, env = inter_command(killed)
+    process = subprocess.Popen(
+        command, cwd=killed, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    checkpoint = killed / "checkpoints/inter" / FILE_NAME
+    deadline = time.monotonic() + 120
+    while not checkpoint.is_file() and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.02)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    state = torch.load(checkpoint, weights_only=True)
+    assert not state["complete"] and 5 <= state["iteration"] < 200  # killed mid-run
+    assert not (killed / "models/inter/model.pt").exists()
+
+    resumed = run_inter(killed)
+    assert f"resuming at iteration {state['iteration']}" in resumed.stderr
+    a, _ = load_model(uninterrupted / "models/inter/model.pt")
+    b, _ = load_model(killed / "models/inter/model.pt")
+    assert all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
+    assert curves(killed) == curves(uninterrupted)  # the replayed curves too
+    assert torch.load(checkpoint, weights_only=True)["complete"]
+
+
+def test_a_checkpoint_made_with_other_params_is_never_resumed(project, tmp_path):
+    directory = copy_project(project, tmp_path / "other")
+    command, env = inter_command(directory)
+    process = subprocess.Popen(
+        command, cwd=directory, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    checkpoint = directory / "checkpoints/inter" / FILE_NAME
+    while not checkpoint.is_file() and process.poll() is None:
+        time.sleep(0.02)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    params = tiny_params()
+    params["inter"].update(iterations=200, batch_size=2, log_every=5, checkpoint_every=5)
+    params["inter"]["lr"] = 5e-5
+    write_params(directory, params)
+    result = run_inter(directory)
+    assert "made by another run" in result.stderr and "resuming" not in result.stderr
+    first_logged = (directory / "dvclive/inter/plots/metrics/train/lr.tsv").read_text()
+    assert first_logged.splitlines()[1].startswith("5\t")  # trained from iteration 0
+
+
+def test_a_finished_run_is_rerun_from_scratch_not_resumed(project, tmp_path):
+    directory = copy_project(project, tmp_path / "again")
+    run_inter(directory)
+    first = (directory / "models/inter/model.pt").read_bytes()
+    result = run_inter(directory)  # what `dvc repro -f` does
+    assert "resuming" not in result.stderr
+    assert (directory / "models/inter/model.pt").read_bytes() == first
+
+
+def test_a_write_failure_while_maps_are_written_keeps_the_previous_outputs(project, monkeypatch):
+    run_stage("train_inter", project)
+    run_stage("score_entropy", project)
+    entropy = project / "data/entropy"
+    before = {p: p.read_bytes() for p in entropy.rglob("*") if p.is_file()}
+    import intrada.inference as inference
+
+    calls = []
+
+    def save_then_fail(path, array):
+        calls.append(path)
+        if len(calls) > 3:
+            raise OSError(28, "No space left on device")
+        np.save(path, array)
+
+    monkeypatch.setattr(inference.np, "save", save_then_fail)
+    with pytest.raises(OSError, match="No space left"):
+        run_stage("score_entropy", project)
+    after = {p: p.read_bytes() for p in entropy.rglob("*") if p.is_file()}
+    assert after == before
+    assert not [p for p in entropy.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_model_files_load_safely(tmp_path):
+    class Payload:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    path = tmp_path / "model.pt"
+    torch.save({"state_dict": {}, "meta": {"format": MODEL_FORMAT}, "x": Payload()}, path)
+    with pytest.raises(IntradaError, match=r"model.pt: not a readable model file") as info:
+        load_model(path)  # weights_only=True refuses to run the pickled call
+    assert "\n" not in str(info.value)
