@@ -92,6 +92,18 @@ def model_meta(
     }
 
 
+# Lines of torch's weights_only refusal that are advice, not the reason.
+TORCH_ADVICE = ("Weights only load failed", "Please file an issue", "Check the documentation")
+
+
+def load_failure(exc: Exception) -> str:
+    """One line of why torch.load failed: weights_only loading (which never runs code
+    stored in a file) explains a refusal in several lines, mostly advice to turn it off."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    reasons = [line for line in lines if not line.startswith(TORCH_ADVICE)]
+    return (reasons or lines or [type(exc).__name__])[0]
+
+
 def save_model(path: str | Path, model: nn.Module, meta: dict[str, Any]) -> None:
     """Write weights and provenance atomically."""
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
@@ -107,7 +119,10 @@ def load_model(path: str | Path, classes: ClassSet | None = None) -> tuple[nn.Mo
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise IntradaError(f"{path}: not a readable model file ({exc})") from exc
+        raise IntradaError(
+            f"{path}: not a readable model file ({load_failure(exc)}); expected a model "
+            "written by the pipeline (tensors and plain types only)"
+        ) from exc
     meta = blob.get("meta", {}) if isinstance(blob, dict) else {}
     if meta.get("format") != MODEL_FORMAT:
         raise IntradaError(f"{path}: not an intrada model file; expected format {MODEL_FORMAT}")

@@ -16,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+import yaml
 
 from intrada.checkpoint import load_model
 from tests.conftest import REPO, tiny_params, write_params
@@ -83,6 +84,17 @@ def test_second_repro_with_nothing_changed_runs_nothing(repo):
     result = run(["dvc", "repro"], repo)
     assert ran_stages(result) == []
     assert run(["dvc", "status"], repo).stdout.strip() == "Data and pipelines are up to date."
+
+
+def test_forced_reruns_record_the_same_hashes(repo):
+    """`dvc repro -f` re-runs every stage (training from scratch: a finished checkpoint is
+    not resumed) and every output hashes as before."""
+    before = yaml.safe_load((repo / "dvc.lock").read_text())
+    result = run(["dvc", "repro", "-f"], repo)
+    assert ran_stages(result) == list(dvc_stages())
+    after = yaml.safe_load((repo / "dvc.lock").read_text())
+    assert after == before
+    assert run(["git", "status", "--porcelain"], repo).stdout == ""
 
 
 def test_metrics_show_lists_the_evaluation(repo):
