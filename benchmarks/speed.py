@@ -20,7 +20,6 @@ import argparse
 import dataclasses
 import os
 import platform
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -35,6 +34,7 @@ import yaml
 
 from intrada.classes import dataset_classes
 from intrada.config import get, read_params
+from intrada.dag import copy_pipeline
 from intrada.data import SegmentationSet, in_order, loader
 from intrada.entropy import self_information
 from intrada.inference import predict_probs, score_images
@@ -48,15 +48,6 @@ from intrada.synthetic import write_benchmark
 from intrada.training import AdaptationStep, freeze_batchnorm
 
 REPO = Path(__file__).resolve().parents[1]
-PROJECT_FILES = (
-    "intrada",
-    "stages",
-    "dvc.yaml",
-    ".dvcignore",
-    ".gitignore",
-    ".dvc/config",
-    ".dvc/.gitignore",
-)
 
 
 class ReferenceStyleStep(AdaptationStep):
@@ -229,13 +220,7 @@ def benchmark_noop_repro() -> str:
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        for name in PROJECT_FILES:
-            source, target = REPO / name, root / name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            if source.is_dir():
-                shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
-            else:
-                shutil.copy2(source, target)
+        copy_pipeline(REPO, root)
         params = yaml.safe_load((REPO / "params.yaml").read_text())
         params["generate"]["synthetic"].update(
             height=32, width=64, num_source=12, num_target_train=10, num_target_val=4

@@ -8,6 +8,7 @@ exactly the commands DVC would.
 from __future__ import annotations
 
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -58,3 +59,27 @@ def stage_outputs(stage: dict) -> list[str]:
         entry if isinstance(entry, str) else next(iter(entry))
         for entry in stage.get("outs", []) + stage.get("metrics", [])
     ]
+
+
+# What a working copy of the pipeline needs besides params.yaml (tests and benchmarks
+# build throwaway projects from these).
+PIPELINE_FILES = (
+    "intrada",
+    "stages",
+    "dvc.yaml",
+    ".dvcignore",
+    ".gitignore",
+    ".dvc/config",
+    ".dvc/.gitignore",
+)
+
+
+def copy_pipeline(source: Path, target: Path) -> None:
+    """The pipeline's code and DVC files from the project at `source` into `target`."""
+    for name in PIPELINE_FILES:
+        src, dst = source / name, target / name
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if src.is_dir():
+            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(src, dst)

@@ -7,7 +7,6 @@ import io
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -19,20 +18,11 @@ import torch
 import yaml
 
 from intrada.checkpoint import load_model
+from intrada.dag import copy_pipeline
 from tests.conftest import REPO, tiny_params, write_params
 from tests.pipeline import dvc_stages
 
 pytestmark = pytest.mark.slow
-
-PROJECT_FILES = (
-    "intrada",
-    "stages",
-    "dvc.yaml",
-    ".dvcignore",
-    ".gitignore",
-    ".dvc/config",
-    ".dvc/.gitignore",
-)
 
 
 def run(args: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
@@ -49,23 +39,22 @@ def ran_stages(result: subprocess.CompletedProcess) -> list[str]:
     return re.findall(r"Running stage '([^']+)'", result.stdout + result.stderr)
 
 
-@pytest.fixture(scope="module")
-def repo(tmp_path_factory) -> Path:
-    """A git repository holding the project's code and the tiny params, reproduced once."""
-    root = tmp_path_factory.mktemp("repo")
-    for name in PROJECT_FILES:
-        source, target = REPO / name, root / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if source.is_dir():
-            shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy2(source, target)
-    write_params(root, tiny_params())
+def project_repo(root: Path, params: dict) -> Path:
+    """A git repository at `root` with the project's pipeline and `params`, committed."""
+    copy_pipeline(REPO, root)
+    write_params(root, params)
     run(["git", "init", "-q", "-b", "main"], root)
     run(["git", "config", "user.email", "test@example.com"], root)
     run(["git", "config", "user.name", "test"], root)
     run(["git", "add", "-A"], root)
-    run(["git", "commit", "-qm", "tiny project"], root)
+    run(["git", "commit", "-qm", "project"], root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory) -> Path:
+    """A git repository holding the project's code and the tiny params, reproduced once."""
+    root = project_repo(tmp_path_factory.mktemp("repo"), tiny_params())
     first = run(["dvc", "repro"], root)
     assert ran_stages(first) == list(dvc_stages())  # every stage, in DAG order
     run(["git", "add", "-A"], root)

@@ -12,10 +12,10 @@ from PIL import Image
 
 from intrada.checkpoint import load_model
 from intrada.classes import dataset_classes
-from tests.conftest import REPO, tiny_params, write_params
+from tests.conftest import tiny_params
 from tests.pipeline import dvc_stages, run_pipeline
 from tests.real_layouts import write_cityscapes, write_gta5
-from tests.test_dvc_pipeline import PROJECT_FILES, ran_stages, run
+from tests.test_dvc_pipeline import project_repo, ran_stages, run
 
 pytestmark = pytest.mark.slow
 
@@ -77,21 +77,8 @@ def test_the_dag_runs_on_gta5_and_cityscapes_layouts(tmp_path, datasets):
 def test_dvc_repro_tracks_the_raw_trees_in_place(tmp_path, datasets):
     trees = tmp_path / "datasets"
     shutil.copytree(datasets, trees)
-    root = tmp_path / "repo"
-    for name in PROJECT_FILES:
-        source, target = REPO / name, root / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if source.is_dir():
-            shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy2(source, target)
     params = gta5_params(trees)
-    write_params(root, params)
-    run(["git", "init", "-q", "-b", "main"], root)
-    run(["git", "config", "user.email", "test@example.com"], root)
-    run(["git", "config", "user.name", "test"], root)
-    run(["git", "add", "-A"], root)
-    run(["git", "commit", "-qm", "gta5 fixture project"], root)
+    root = project_repo(tmp_path / "repo", params)
     first = run(["dvc", "repro"], root)
     assert ran_stages(first) == list(dvc_stages(params))
     lock = (root / "dvc.lock").read_text()
