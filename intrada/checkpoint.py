@@ -22,7 +22,7 @@ from torch import nn
 
 from intrada import __version__
 from intrada.classes import ClassSet
-from intrada.errors import IntradaError
+from intrada.errors import IntradaError, load_failure
 from intrada.io import atomic_path
 from intrada.models import build_model
 
@@ -90,18 +90,6 @@ def model_meta(
         "git": git_revision(),
         "versions": library_versions(),
     }
-
-
-# Lines of torch's weights_only refusal that are advice, not the reason.
-TORCH_ADVICE = ("Weights only load failed", "Please file an issue", "Check the documentation")
-
-
-def load_failure(exc: Exception) -> str:
-    """One line of why torch.load failed: weights_only loading (which never runs code
-    stored in a file) explains a refusal in several lines, mostly advice to turn it off."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    reasons = [line for line in lines if not line.startswith(TORCH_ADVICE)]
-    return (reasons or lines or [type(exc).__name__])[0]
 
 
 def save_model(path: str | Path, model: nn.Module, meta: dict[str, Any]) -> None:

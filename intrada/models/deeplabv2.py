@@ -37,7 +37,7 @@ import torch
 from torch import nn
 from torchvision.models import resnet101
 
-from intrada.errors import IntradaError
+from intrada.errors import IntradaError, load_failure
 from intrada.models.small import DilatedClassifier
 
 WEIGHTS_FORMATS = ("torchvision", "deeplab")
@@ -114,11 +114,6 @@ class DeepLabV2(nn.Module):
         return [(list(self.backbone.parameters()), 1.0), (heads, 10.0)]
 
 
-def _first_line(exc: Exception) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
-
-
 def _listed(keys: list[str], limit: int = 3) -> str:
     shown = ", ".join(keys[:limit])
     return shown + (", ..." if len(keys) > limit else "")
@@ -137,7 +132,7 @@ def load_pretrained(model: DeepLabV2, path: str | Path) -> list[str]:
         blob = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise IntradaError(
-            f"{path}: not a readable weights file ({_first_line(exc)}); {EXPECTED}"
+            f"{path}: not a readable weights file ({load_failure(exc)}); {EXPECTED}"
         ) from exc
 
     def is_state_dict(obj) -> bool:
