@@ -120,16 +120,16 @@ def teardown() -> None:
         dist.destroy_process_group()
 
 
-def relaunch_under_torchrun(nproc: int, module: str) -> bool:
+def relaunch_under_torchrun(nproc: int, module: str) -> None:
     """With nproc > 1 and not yet under torchrun: run `python -m <module> <same args>`
     as `torchrun --standalone --nproc-per-node <nproc>` and exit with its status.
-    Returns False when this process should do the work itself.
+    Otherwise return: this process does the work itself.
 
     For several nodes, run the stage command under your own torchrun
     (`torchrun --nnodes ... -m stages.train_inter ...`): it is then not relaunched.
     """
     if nproc <= 1 or launched_by_torchrun():
-        return False
+        return
     command = [
         sys.executable,
         "-m",
