@@ -45,7 +45,7 @@ from intrada.models import build_model
 from intrada.ranking import rank_splits
 from intrada.runs import arch_config
 from intrada.synthetic import write_benchmark
-from intrada.training import AdaptationStep, freeze_batchnorm
+from intrada.training import AdaptationStep, set_batchnorm
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -90,8 +90,7 @@ def make_step(step_class, raw: dict):
     classes = dataset_classes(data.name)
     torch.manual_seed(0)
     model = build_model(model_params.name, len(classes), **arch_config(model_params)).train()
-    if cfg.freeze_bn:
-        freeze_batchnorm(model)
+    set_batchnorm(model, cfg.batchnorm)
     width, height = data.target_size
     src = {
         "image": torch.rand(cfg.batch_size, 3, height, width),

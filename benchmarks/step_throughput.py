@@ -19,7 +19,7 @@ from intrada.classes import dataset_classes
 from intrada.config import get, read_params
 from intrada.models import build_model
 from intrada.runs import arch_config
-from intrada.training import AdaptationStep, freeze_batchnorm
+from intrada.training import AdaptationStep, set_batchnorm
 
 
 def measure(method: str, raw: dict, steps: int) -> float:
@@ -29,8 +29,7 @@ def measure(method: str, raw: dict, steps: int) -> float:
     classes = dataset_classes(data.name)
     torch.manual_seed(0)
     model = build_model(model_params.name, len(classes), **arch_config(model_params)).train()
-    if cfg.freeze_bn:
-        freeze_batchnorm(model)
+    set_batchnorm(model, cfg.batchnorm)
     step = AdaptationStep(model, cfg, len(classes))
     width, height = data.target_size
     shape = (cfg.batch_size, 3, height, width)

@@ -56,7 +56,10 @@ class DataParams:
     source_size: tuple[int, ...]  # (width, height) source images are resized to
     target_size: tuple[int, ...]  # (width, height) target images are resized to
     verify: Literal["header", "decode"]  # validation pass: file headers or every pixel
-    drop_mismatched_sizes: bool  # leave out source pairs whose label size differs
+    # A source pair whose label size differs from its image: `stop` (an error naming the
+    # file), `drop` (left out) or `resize` (kept: image and label are each resized to
+    # source_size, as the released code does with GTA5).
+    size_mismatch: Literal["stop", "drop", "resize"]
 
     def check(self, key: str) -> None:
         for name in ("source_size", "target_size"):
@@ -129,9 +132,15 @@ class ModelParams:
     ResNet-101 as in the paper; `weights_format` says which ImageNet file it is built for
     (`torchvision` or the reference code's Caffe-converted `deeplab`), and `pretrained`
     names that local file, loaded by training sections whose `init` is `pretrained`.
+
+    `align_corners` is how every bilinear upsampling of the network's class scores is
+    done: training losses, entropy maps, scores, pseudo-labels, validation and
+    evaluation (the released code uses true everywhere). It is part of the architecture
+    stored in the model file, so every stage follows the model it loads.
     """
 
     name: Literal["small", "deeplabv2"]
+    align_corners: bool
     width: int | None = None
     weights_format: Literal["torchvision", "deeplab"] | None = None
     pretrained: str | None = None
@@ -175,9 +184,22 @@ class TrainParams:
     weight_decay: float
     poly_power: float  # lr * (1 - it / iterations) ** poly_power
     lambda_seg_aux: float  # weight of the auxiliary head's cross-entropy
-    freeze_bn: bool  # BatchNorm layers keep their running statistics and affine params
+    # BatchNorm during training: `train` (batch statistics, trained affine parameters,
+    # running statistics updated), `frozen` (eval mode: running statistics and affine
+    # parameters kept) or `released` (the released code: batch statistics, affine
+    # parameters kept, running statistics updated by every forward of both domains).
+    batchnorm: Literal["train", "frozen", "released"]
+    # SGD's parameter lists: `unique` (each tensor once) or `released` (the backbone's
+    # tensors once per enclosing module, so 1, 3 or 4 momentum updates per step; SGD only).
+    param_listing: Literal["unique", "released"]
     hflip: bool  # random horizontal flips of training images
     log_every: int  # iterations between logged loss values
+    # Iterations between validations on target-val (and one at the last iteration);
+    # 0 = none. Logged as val/mIoU; recorded in the model file.
+    eval_every: int
+    # Which snapshot the model file holds: `last` (the last iteration) or `best_val` (the
+    # best on target-val: selected on the evaluation set, as the released code does).
+    select: Literal["last", "best_val"]
     lr_disc: float | None = None  # advent: discriminator Adam lr
     lambda_adv_main: float | None = None  # advent: adversarial weight, main head
     lambda_adv_aux: float | None = None  # advent: adversarial weight, aux head
@@ -196,11 +218,25 @@ class TrainParams:
             _fail(f"{key}.init", self.init, "one of " + ", ".join(allowed))
         if key == "source_only" and self.method != "source_only":
             _fail(f"{key}.method", self.method, "source_only (this step sees no target)")
-        if self.freeze_bn and self.init == "scratch":
+        if self.batchnorm == "frozen" and self.init == "scratch":
             _fail(
-                f"{key}.freeze_bn",
-                True,
-                "false when init is scratch (BatchNorm would keep its initial statistics)",
+                f"{key}.batchnorm",
+                self.batchnorm,
+                "train or released when init is scratch (frozen BatchNorm would keep its "
+                "initial statistics)",
+            )
+        if self.param_listing == "released" and self.optimizer != "sgd":
+            _fail(
+                f"{key}.param_listing",
+                self.param_listing,
+                f"unique with optimizer {self.optimizer} (the released listing is SGD's)",
+            )
+        _non_negative(f"{key}.eval_every", self.eval_every)
+        if self.select == "best_val" and self.eval_every == 0:
+            _fail(
+                f"{key}.select",
+                self.select,
+                f"last when {key}.eval_every is 0 (no validation to select on)",
             )
         for name in ("iterations", "batch_size", "lr", "log_every"):
             _positive(f"{key}.{name}", getattr(self, name))

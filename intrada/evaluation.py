@@ -11,28 +11,13 @@ from torch import nn
 
 from intrada.classes import ClassSet
 from intrada.compute import CPU, Compute
-from intrada.data import SegmentationSet, in_order, loader, resize_label
+from intrada.data import SegmentationSet, resize_label
 from intrada.entropy import entropy_map
 from intrada.inference import predict_probs, top_class
 from intrada.io import atomic_path, write_json, write_rgb_png
-from intrada.metrics import confusion_matrix, iou_per_class, mean_iou, percent
-from intrada.progress import progress
+from intrada.metrics import iou_per_class, mean_iou, percent
+from intrada.validation import evaluate_confusion, snapshot_report
 from intrada.viz import colorize_channels, entropy_rgb, panel
-
-
-def evaluate_confusion(
-    model: nn.Module, dataset: SegmentationSet, batch_size: int, compute: Compute = CPU
-) -> np.ndarray:
-    """The (C, C) confusion matrix of `model` over every labelled pixel of `dataset`."""
-    num_classes = dataset.num_classes
-    cm = np.zeros((num_classes, num_classes), np.int64)
-    batches = in_order(len(dataset), batch_size)
-    data = loader(dataset, batches, compute.num_workers, pin_memory=compute.cuda)
-    for batch in progress(data, len(batches), "evaluate", compute):
-        labels = batch["label"]
-        pred = top_class(predict_probs(model, batch["image"], tuple(labels.shape[-2:]), compute))
-        cm += confusion_matrix(labels.numpy(), pred.numpy(), num_classes)
-    return cm
 
 
 def iou_report(
@@ -77,11 +62,14 @@ def write_report(
     diagnostics: dict | None = None,
     subsets: dict[str, tuple[str, ...]] | None = None,
     compute: Compute = CPU,
+    validations: dict[str, dict | None] | None = None,
 ) -> dict:
     """Evaluate every model and write, each atomically:
 
-    - `metrics_path`: {model: {"mIoU": %, "IoU": {class: %}}}, plus `diagnostics` under
-      that key when given;
+    - `metrics_path`: {model: {"mIoU": %, ..., "IoU": {class: %}}}, plus `diagnostics`
+      under that key when given; with `validations` (each model file's
+      `meta["validation"]`), the last-iteration and best-on-val mIoU next to `mIoU`
+      (`validation.snapshot_report`);
     - `confusion_dir/<model>.csv`: confusion matrices (rows truth, columns prediction);
     - `iou_dir/<model>.csv`: per-class IoU rows (`class`, `IoU`) for `dvc plots`;
     - `panels_dir/val_<k>.png`: image | truth | one prediction per model | entropy of
@@ -94,6 +82,10 @@ def write_report(
         for name, model in models.items():
             cm = evaluate_confusion(model, dataset, batch_size, compute)
             report[name] = iou_report(cm, classes, subsets)
+            snapshots = snapshot_report((validations or {}).get(name), report[name]["mIoU"])
+            if snapshots:
+                iou = report[name].pop("IoU")
+                report[name].update(snapshots, IoU=iou)  # per-class IoU stays last
             confusion_table(cm, classes).to_csv(cm_out / f"{name}.csv")
             pd.DataFrame(
                 {

@@ -28,11 +28,12 @@ def predict_probs(
     """(N, 3, H, W) images -> (N, C, *size) fp32 softmax of the main head, on the CPU.
 
     The model must already be on `compute.device`; the forward runs under its autocast,
-    softmax (and everything computed from it) in fp32."""
+    softmax (and everything computed from it) in fp32. Scores are upsampled the way the
+    model's architecture says (`model.align_corners`)."""
     model.eval()
     with compute.autocast():
         _, main = model(compute.images(images))
-    return F.softmax(upsample(main.float(), size), dim=1).cpu()
+    return F.softmax(upsample(main.float(), size, model.align_corners), dim=1).cpu()
 
 
 def top_class(prob: torch.Tensor) -> torch.Tensor:

@@ -128,29 +128,42 @@ def index_source(dataset: str, root: str | Path) -> pd.DataFrame:
     return index_synthia(root) if layout == "synthia" else index_gta5(root)
 
 
-def check_pairs(table: pd.DataFrame, decode: bool, drop_mismatched: bool = False) -> pd.DataFrame:
+SIZE_MISMATCH = ("stop", "drop", "resize")
+
+
+def check_pairs(
+    table: pd.DataFrame, decode: bool, size_mismatch: str = "stop"
+) -> tuple[pd.DataFrame, int]:
     """The validation pass: every image and label opens and each label has its image's size.
 
     Reads file headers only, or with `decode` every pixel (slower, also finds truncated
-    files). Raises one `IntradaError` naming the first bad file, before any training; with
-    `drop_mismatched` a pair of different sizes is left out instead (the returned table).
+    files). Raises one `IntradaError` naming the first bad file, before any training.
+    A pair whose label size differs from its image is, by `size_mismatch`: `stop`, an
+    error; `drop`, left out of the returned table; `resize`, kept (training resizes the
+    image bicubic and the label nearest to the same size, each on its own, as the
+    released code does with GTA5). Returns the table kept and how many pairs differed.
     """
-    keep = []
+    if size_mismatch not in SIZE_MISMATCH:
+        raise ValueError(
+            f"unknown size_mismatch {size_mismatch!r}; expected one of {SIZE_MISMATCH}"
+        )
+    keep, mismatched = [], 0
     rows = table.itertuples(index=False)
     for row in progress(rows, len(table), "check"):
         image_size = _check_image(Path(row.image_path), decode)
         label_size = _check_label(Path(row.label_path), row.label_encoding, decode)
-        if label_size != image_size:
-            if drop_mismatched:
-                keep.append(False)
-                continue
-            raise IntradaError(
-                f"{row.label_path}: label is {label_size[0]}x{label_size[1]} but its image "
-                f"{row.image_path} is {image_size[0]}x{image_size[1]}; expected the same size "
-                "(data.drop_mismatched_sizes: true leaves such pairs out)"
-            )
-        keep.append(True)
-    return table[keep].reset_index(drop=True)
+        same = label_size == image_size
+        if not same:
+            mismatched += 1
+            if size_mismatch == "stop":
+                raise IntradaError(
+                    f"{row.label_path}: label is {label_size[0]}x{label_size[1]} but its image "
+                    f"{row.image_path} is {image_size[0]}x{image_size[1]}; expected the same "
+                    "size (data.size_mismatch: drop leaves such pairs out, resize keeps them "
+                    "as the released code does)"
+                )
+        keep.append(same or size_mismatch == "resize")
+    return table[keep].reset_index(drop=True), mismatched
 
 
 def _check_image(path: Path, decode: bool) -> tuple[int, int]:

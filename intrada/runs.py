@@ -23,6 +23,7 @@ from intrada.io import atomic_path
 from intrada.models import build_model, load_pretrained
 from intrada.resume import Checkpoints, run_key
 from intrada.training import train
+from intrada.validation import Selection
 
 log = logging.getLogger(__name__)
 
@@ -103,14 +104,19 @@ def run_training(
     root: Path = Path("."),
     compute: Compute = CPU,
     checkpoint_dir: Path | None = None,
+    val_index: Path | None = None,
 ) -> nn.Module:
     """Train on a labelled source-like index (and an unlabelled target index unless the
     method is source_only), log curves with dvclive and save the model with provenance.
 
     Images (and source labels) are resized to `source_size` / `target_size` (width,
-    height); None keeps them as stored. With several processes (torchrun) every process
-    trains, and only the main one logs curves and writes the model. With
-    `checkpoint_dir` an interrupted run resumes (`intrada.resume`)."""
+    height); None keeps them as stored. With `val_index` (target-val) the run validates
+    every `cfg.eval_every` iterations, at the target size with predictions upsampled to
+    each label as the evaluate stage does; the curve is logged as `val/mIoU` and stored
+    in the model file's `meta["validation"]`, with the snapshot `cfg.select` picked.
+    With several processes (torchrun) every process trains, and only the main one
+    validates, logs curves and writes the model. With `checkpoint_dir` an interrupted
+    run resumes (`intrada.resume`)."""
     source_table = load_index(source_index, labelled=True)
     source = SegmentationSet(source_table, classes, root, labelled=True, size=source_size)
     target = None
@@ -123,6 +129,16 @@ def run_training(
             root,
             labelled=False,
             size=target_size,
+        )
+    val_set = None
+    if val_index is not None and cfg.eval_every > 0:
+        val_set = SegmentationSet(
+            load_index(val_index, labelled=True),
+            classes,
+            root,
+            labelled=True,
+            size=target_size,
+            resize_labels=False,
         )
     model, init_from = initial_model(
         model_params, classes, seed, init_path, pretrained=cfg.init == "pretrained"
@@ -146,27 +162,31 @@ def run_training(
         inputs = [source_index, target_index if target is not None else None, init_path]
         if cfg.init == "pretrained":
             inputs.append(Path(model_params.pretrained))
+        if val_set is not None:
+            inputs.append(val_index)
         key = run_key({"params": params, "processes": compute.world}, inputs)
         checkpoints = Checkpoints(checkpoint_dir, cfg.checkpoint_every, key)
 
-    def run(on_log=None) -> None:
-        train(
+    def run(live: LiveLog | None = None) -> Selection:
+        return train(
             model,
             source,
             target,
             cfg,
             seed,
-            on_log=on_log,
+            on_log=live,
             run_key=RUN_KEYS[stage],
             compute=compute,
             checkpoints=checkpoints,
+            val_set=val_set,
+            on_val=live.validation if live is not None else None,
         )
 
     if not compute.main:
         run()
         return model
-    with atomic_path(live_dir) as tmp_live, LiveLog(tmp_live) as on_log:
-        run(on_log)
+    with atomic_path(live_dir) as tmp_live, LiveLog(tmp_live) as live:
+        selection = run(live)
     meta = model_meta(
         arch=model_params.name,
         arch_config=arch_config(model_params),
@@ -175,6 +195,7 @@ def run_training(
         params=params,
         init_from=init_from,
     )
+    meta["validation"] = selection.summary(cfg.iterations)
     # Where it ran: results depend on it, the params hash does not.
     meta["compute"] = {
         "device": compute.device.type,
@@ -187,7 +208,8 @@ def run_training(
 
 
 class LiveLog:
-    """Training curves through dvclive: `train/<loss>` per logged iteration."""
+    """Training curves through dvclive: `train/<loss>` per logged iteration and
+    `val/mIoU` per validation, on the same step axis (the iteration)."""
 
     def __init__(self, directory: Path):
         self.directory = directory
@@ -203,6 +225,13 @@ class LiveLog:
         self.live.step = iteration
         for key, value in values.items():
             self.live.log_metric(f"train/{key}", value)
+        self.live.next_step()
+
+    def validation(self, iteration: int, miou: float | None) -> None:
+        if miou is None:  # no class had an IoU: nothing to plot
+            return
+        self.live.step = iteration
+        self.live.log_metric("val/mIoU", miou)
         self.live.next_step()
 
     def __exit__(self, *exc) -> None:

@@ -34,6 +34,7 @@ from intrada.losses import (
 )
 from intrada.models import EntropyDiscriminator, upsample
 from intrada.resume import Checkpoints
+from intrada.validation import Selection, validation_miou
 
 log = logging.getLogger(__name__)
 
@@ -48,21 +49,99 @@ def poly_lr(base_lr: float, it: int, total: int, power: float) -> float:
     return base_lr * (1.0 - it / total) ** power
 
 
-def freeze_batchnorm(model: nn.Module) -> None:
-    """BatchNorm keeps its running statistics and affine parameters (call after .train())."""
+BATCHNORM_MODES = ("train", "frozen", "released")
+
+
+def set_batchnorm(model: nn.Module, mode: str) -> None:
+    """Put `model` in training mode with its BatchNorm layers as `mode` says:
+
+    - `train`: batch statistics, affine parameters trained, running statistics updated;
+    - `frozen`: eval mode (running statistics used and kept), affine parameters frozen;
+    - `released`: the released AdvEnt / IntraDA code's behaviour: train mode (each batch
+      normalised with its own statistics, batch-1 images with their own), affine
+      parameters frozen, running statistics updated by every forward, source and target
+      alike (momentum 0.1); evaluation then uses those drifted statistics.
+
+    Idempotent: training calls it again after each validation (which runs in eval mode).
+    Under DDP each process normalises its own images (no SyncBatchNorm: the released code
+    normalises each batch-1 image alone) and DDP broadcasts rank 0's running statistics
+    at every forward, so the model file holds rank 0's.
+    """
+    if mode not in BATCHNORM_MODES:
+        raise ValueError(f"unknown batchnorm mode {mode!r}; expected one of {BATCHNORM_MODES}")
+    model.train()
     for module in model.modules():
         if isinstance(module, nn.modules.batchnorm._BatchNorm):
-            module.eval()
+            if mode == "frozen":
+                module.eval()
             for p in module.parameters():
-                p.requires_grad_(False)
+                p.requires_grad_(mode == "train")
+
+
+class ListedSGD(torch.optim.Optimizer):
+    """SGD with momentum over parameter lists that may name a tensor several times: each
+    listing is one momentum update, applied in turn, as the released DeepLab-v2 code got
+    from `torch.optim.SGD` of its time (PyTorch 0.4.1 to 1.4) when it listed backbone
+    tensors once per enclosing module.
+
+    For a tensor p listed k times, with gradient g, one step is, k times over:
+    d += weight_decay * p (d starts as g and keeps what was added: those PyTorch
+    versions added weight decay into the gradient in place), buf = momentum * buf + d
+    (buf = d the first time), p -= lr * buf. Listed once, this is plain SGD.
+
+    Written out instead of handing the duplicated lists to `torch.optim.SGD`, which on
+    PyTorch 2 warns that duplicates will become an error, gives every duplicate of the
+    first step a fresh buffer, does not accumulate weight decay, and computes something
+    else again in its multi-tensor (CUDA default) path.
+    """
+
+    def __init__(self, groups: list[dict], lr: float, momentum: float, weight_decay: float):
+        collapsed = []
+        for group in groups:
+            unique: dict[int, nn.Parameter] = {}
+            repeats: dict[int, int] = {}
+            for p in group["params"]:
+                unique.setdefault(id(p), p)
+                repeats[id(p)] = repeats.get(id(p), 0) + 1
+            collapsed.append(
+                {**group, "params": list(unique.values()), "repeats": list(repeats.values())}
+            )
+        defaults = {"lr": lr, "momentum": momentum, "weight_decay": weight_decay}
+        super().__init__(collapsed, defaults)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            lr, momentum, decay = group["lr"], group["momentum"], group["weight_decay"]
+            for p, repeats in zip(group["params"], group["repeats"], strict=True):
+                if p.grad is None:
+                    continue
+                d_p = p.grad.clone()
+                state = self.state[p]
+                for _ in range(repeats):
+                    if decay != 0:
+                        d_p.add_(p, alpha=decay)
+                    if momentum != 0:
+                        buf = state.get("momentum_buffer")
+                        if buf is None:
+                            buf = state["momentum_buffer"] = d_p.clone()
+                        else:
+                            buf.mul_(momentum).add_(d_p)
+                        p.add_(buf, alpha=-lr)
+                    else:
+                        p.add_(d_p, alpha=-lr)
+        return None
 
 
 def make_optimizer(model: nn.Module, cfg: TrainParams) -> torch.optim.Optimizer:
-    """SGD or Adam over the model's parameter groups, each with its lr multiplier."""
+    """SGD or Adam over the model's parameter groups (listed as `cfg.param_listing`
+    says), each with its lr multiplier."""
     groups = [
         {"params": [p for p in params if p.requires_grad], "lr": cfg.lr * mult, "lr_mult": mult}
-        for params, mult in model.param_groups()
+        for params, mult in model.param_groups(cfg.param_listing)
     ]
+    if cfg.param_listing == "released":
+        return ListedSGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(
             groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
@@ -164,7 +243,7 @@ class AdaptationStep:
         with self.compute.autocast():
             outputs = self.net(images)
         size = tuple(images.shape[-2:])
-        return tuple(upsample(p.float(), size) for p in outputs)
+        return tuple(upsample(p.float(), size, self.model.align_corners) for p in outputs)
 
     def _discriminate(self, disc: nn.Module, info: torch.Tensor) -> torch.Tensor:
         with self.compute.autocast():
@@ -267,8 +346,10 @@ def train(
     run_key: int = 0,
     compute: Compute = CPU,
     checkpoints: Checkpoints | None = None,
-) -> nn.Module:
-    """Train `model` in place for `cfg.iterations` steps and return it.
+    val_set: SegmentationSet | None = None,
+    on_val: Callable[[int, float | None], None] | None = None,
+) -> Selection:
+    """Train `model` in place for `cfg.iterations` steps; returns its validation record.
 
     `on_log(iteration, mean_losses)` is called every `cfg.log_every` iterations and at
     the end, with the losses averaged since the previous call (and over processes) and
@@ -277,26 +358,38 @@ def train(
     run's batch order. With several processes each trains on its share of every step's
     batches (`EndlessBatches`), `cfg.batch_size` images per process.
 
+    With `val_set`, the main process evaluates the model on it every `cfg.eval_every`
+    iterations and at the last one (the others wait) and calls `on_val(iteration,
+    mIoU)`. Validation changes nothing in training: it runs in eval mode without
+    gradients, restores the BatchNorm mode after, and leaves the RNG as it was. With
+    `cfg.select` = best_val the model ends with the weights of its best iteration on
+    `val_set` instead of the last.
+
     With `checkpoints`, an unfinished checkpoint of the same run is resumed from (its
-    logged curves are replayed through `on_log` first) and a new one is written when due;
-    the result is bit-identical on the CPU to a run that was never interrupted.
+    logged curves are replayed through `on_log` and `on_val` first, and the best
+    snapshot so far comes back with it) and a new one is written when due; the result
+    is bit-identical on the CPU to a run that was never interrupted.
     """
     if cfg.method != "source_only" and target is None:
         raise ValueError(f"method {cfg.method} needs a target set")
+    if cfg.select == "best_val" and (val_set is None or cfg.eval_every == 0):
+        raise ValueError("select = best_val needs a validation set and eval_every > 0")
     model = compute.module(model)
-    model.train()
-    if cfg.freeze_bn:
-        freeze_batchnorm(model)
+    set_batchnorm(model, cfg.batchnorm)
     # Discriminator initialisation: a seed derived from both, so no two (seed, run) collide.
     torch.manual_seed(int(np.random.SeedSequence([seed, run_key]).generate_state(1)[0]))
     step = AdaptationStep(model, cfg, source.num_classes, compute)
+    selection = Selection(cfg.select, cfg.eval_every if val_set is not None else 0)
     start, window, history = 0, {}, []
     resumed = checkpoints.load() if checkpoints is not None else None
     if resumed is not None:
-        start, window, history = restore(step, resumed)
+        start, window, history = restore(step, resumed, selection)
         if compute.main and on_log is not None:
             for iteration, means in history:
                 on_log(iteration, means)
+        if compute.main and on_val is not None:
+            for iteration, miou in selection.curve:
+                on_val(iteration, miou)
 
     def batches(dataset, stream):
         sampler = EndlessBatches(
@@ -344,19 +437,36 @@ def train(
                     )
                 if on_log is not None:
                     on_log(it + 1, means)
+        if selection.due(it + 1, cfg.iterations):
+            if compute.main:
+                miou = validation_miou(model, val_set, cfg.batch_size, compute)
+                set_batchnorm(model, cfg.batchnorm)  # validation ran in eval mode
+                selection.record(it + 1, miou, model)
+                log.info("iteration %d/%d val mIoU %s", it + 1, cfg.iterations, miou)
+                if on_val is not None:
+                    on_val(it + 1, miou)
+            if compute.distributed:
+                dist.barrier()  # the other processes wait for the main one's validation
         if checkpoints is not None and compute.main and checkpoints.due(it + 1, cfg.iterations):
-            checkpoints.save(snapshot(step, it + 1, window, history), complete=last)
-    return model.cpu()
+            checkpoints.save(snapshot(step, it + 1, window, history, selection), complete=last)
+    if cfg.select == "best_val" and compute.main and selection.best_state is not None:
+        model.load_state_dict(selection.best_state)
+    model.cpu()
+    return selection
 
 
-def snapshot(step: AdaptationStep, iteration: int, window: dict, history: list) -> dict:
-    """Everything the rest of a run depends on, as plain types and tensors."""
+def snapshot(
+    step: AdaptationStep, iteration: int, window: dict, history: list, selection: Selection
+) -> dict:
+    """Everything the rest of a run depends on, as plain types and tensors (with
+    `select: best_val`, the best snapshot so far too)."""
     state = {
         "iteration": iteration,
         "model": step.model.state_dict(),
         "optimizer": step.optimizer.state_dict(),
         "window": {k: list(v) for k, v in window.items()},
         "history": [[i, dict(m)] for i, m in history],
+        "validation": selection.state(),
         "torch_rng": torch.get_rng_state(),
     }
     if step.discs is not None:
@@ -366,9 +476,11 @@ def snapshot(step: AdaptationStep, iteration: int, window: dict, history: list) 
     return state
 
 
-def restore(step: AdaptationStep, state: dict) -> tuple[int, dict, list]:
-    """Load a snapshot into `step`; returns (iteration, loss window, logged history)."""
+def restore(step: AdaptationStep, state: dict, selection: Selection) -> tuple[int, dict, list]:
+    """Load a snapshot into `step` and `selection`; returns (iteration, loss window,
+    logged history)."""
     step.model.load_state_dict(state["model"])
+    selection.restore(state["validation"])
     step.optimizer.load_state_dict(state["optimizer"])
     if step.discs is not None:
         step.discs.main.load_state_dict(state["disc_main"])

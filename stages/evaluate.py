@@ -55,10 +55,8 @@ def main() -> None:
         classes,
     )
     with processes(get(raw, "compute"), __spec__.name, sharded=False) as compute:
-        models = {
-            name: compute.module(load_model(getattr(args, f"{name}_model"), classes)[0])
-            for name in MODELS
-        }
+        loaded = {name: load_model(getattr(args, f"{name}_model"), classes) for name in MODELS}
+        models = {name: compute.module(model) for name, (model, _) in loaded.items()}
         report = write_report(
             models,
             dataset,
@@ -72,9 +70,12 @@ def main() -> None:
             diagnostics,
             subsets=evaluation_subsets(data.name),
             compute=compute,
+            validations={name: meta.get("validation") for name, (_, meta) in loaded.items()},
         )
     for name in MODELS:
-        extra = " ".join(f"{k} {v}" for k, v in report[name].items() if k.startswith("mIoU_"))
+        extra = " ".join(
+            f"{k} {v}" for k, v in report[name].items() if k.startswith(("mIoU_", "best_val_"))
+        )
         print(f"{name:12s} mIoU {report[name]['mIoU']} {extra}".rstrip())
     for key, value in diagnostics.items():
         print(f"{key:24s} {value}")

@@ -27,9 +27,15 @@ def main() -> None:
     source = index_source(data.name, data.source_root)
     target_train = index_cityscapes(data.target_root, "train")
     target_val = index_cityscapes(data.target_root, "val")
-    checked = check_pairs(source, decode, data.drop_mismatched_sizes)
-    if len(checked) < len(source):
-        log.warning("left out %d source pairs of mismatched sizes", len(source) - len(checked))
+    checked, mismatched = check_pairs(source, decode, data.size_mismatch)
+    outcome = {"drop": "left out", "resize": "kept, image and label resized independently"}
+    log.info(
+        "%d source pairs whose label size differs from the image (data.size_mismatch: %s)%s",
+        mismatched,
+        data.size_mismatch,
+        f": {outcome[data.size_mismatch]}" if mismatched else "",
+    )
+    # Target labels are never resized against their images: any mismatch stops.
     check_pairs(target_train, decode)
     check_pairs(target_val, decode)
     with atomic_path(args.out) as out:

@@ -26,6 +26,9 @@ def main() -> None:
     parser.add_argument(
         "--checkpoint-dir", type=Path, required=True, help="resumable checkpoint (persisted)"
     )
+    parser.add_argument(
+        "--val", type=Path, required=True, help="target-val index (validation during training)"
+    )
     args = parser.parse_args()
     raw = read_params()
     sections = {name: get(raw, name) for name in ("seed", "data", "model", "inter")}
@@ -45,6 +48,7 @@ def main() -> None:
             params=declared_params(sections),
             compute=compute,
             checkpoint_dir=args.checkpoint_dir,
+            val_index=args.val,
             source_size=sections["data"].source_size,
             target_size=sections["data"].target_size,
         )

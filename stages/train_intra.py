@@ -38,6 +38,9 @@ def main() -> None:
     parser.add_argument(
         "--checkpoint-dir", type=Path, required=True, help="resumable checkpoint (persisted)"
     )
+    parser.add_argument(
+        "--val", type=Path, required=True, help="target-val index (validation during training)"
+    )
     args = parser.parse_args()
     raw = read_params()
     sections = {name: get(raw, name) for name in ("seed", "lambda", "data", "model", "intra")}
@@ -62,6 +65,7 @@ def main() -> None:
             params=declared_params(sections),
             compute=compute,
             checkpoint_dir=args.checkpoint_dir,
+            val_index=args.val,
             # Both sides are target images: the easy split and the hard split.
             source_size=sections["data"].target_size,
             target_size=sections["data"].target_size,

@@ -22,7 +22,9 @@ def tiny_params() -> dict:
     for section in ("source_only", "inter", "intra"):
         params[section].update(iterations=3, batch_size=2, log_every=2)
     params["inference"]["batch_size"] = 4
-    params["evaluate"].update(batch_size=2, num_panels=2)
+    # Not the training batch (2): validation during training must still agree with the
+    # evaluate stage.
+    params["evaluate"].update(batch_size=3, num_panels=2)
     return params
 
 

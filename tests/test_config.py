@@ -105,7 +105,16 @@ def test_unknown_nested_key_is_named_with_its_section(tmp_path, params):
             r"inter\.init = 'pretrained' .* small has no ImageNet weights",
         ),
         ("source_only", "method", "advent", r"source_only\.method = 'advent'"),
-        ("inter", "freeze_bn", "yes please", r"inter\.freeze_bn .* true or false"),
+        ("inter", "batchnorm", "yes please", r"inter\.batchnorm .* one of train, frozen, released"),
+        ("data", "size_mismatch", "shrink", r"data\.size_mismatch .* one of stop, drop, resize"),
+        ("model", "align_corners", "yes", r"model\.align_corners = 'yes' .* true or false"),
+        ("intra", "eval_every", -1, r"intra\.eval_every = -1 .* >= 0"),
+        (
+            "inter",
+            "param_listing",
+            "released",
+            r"inter\.param_listing = 'released' .* unique with optimizer adam",
+        ),
         ("generate.synthetic", "height", 30, r"generate\.synthetic\.height = 30 .* multiple of 8"),
     ],
 )
@@ -139,9 +148,22 @@ def test_discriminator_deeper_than_the_images_allow_is_refused(tmp_path, params)
 
 def test_frozen_batchnorm_needs_a_trained_start_point(tmp_path, params):
     params["inter"]["init"] = "scratch"
-    with pytest.raises(ParamsError, match=r"inter\.freeze_bn = True .* false when init is"):
+    with pytest.raises(ParamsError, match=r"inter\.batchnorm = 'frozen' .* when init is scratch"):
         check(tmp_path, params)
-    params["inter"]["freeze_bn"] = False
+    params["inter"]["batchnorm"] = "released"
+    check(tmp_path, params)
+
+
+def test_best_val_selection_needs_validation(tmp_path, params):
+    params["intra"].update(select="best_val", eval_every=0)
+    with pytest.raises(ParamsError, match=r"intra\.select = 'best_val' .* intra\.eval_every is 0"):
+        check(tmp_path, params)
+    params["intra"]["eval_every"] = 10
+    check(tmp_path, params)
+
+
+def test_the_released_listing_is_an_sgd_setting(tmp_path, params):
+    params["inter"].update(optimizer="sgd", param_listing="released")
     check(tmp_path, params)
 
 
@@ -191,7 +213,7 @@ def test_generate_must_match_the_dataset(tmp_path, params):
 
 
 def test_pretrained_init_needs_the_weights_file(tmp_path, params):
-    params["model"] = {"name": "deeplabv2", "weights_format": "torchvision"}
+    params["model"] = {"name": "deeplabv2", "weights_format": "torchvision", "align_corners": True}
     params["intra"]["init"] = "pretrained"
     with pytest.raises(ParamsError, match=r"model\.pretrained is missing: intra\.init"):
         check(tmp_path, params)

@@ -16,7 +16,7 @@ from intrada.config import ModelParams, TrainParams
 from intrada.errors import IntradaError
 from intrada.models.deeplabv2 import DeepLabV2, load_pretrained
 from intrada.runs import initial_model
-from intrada.training import AdaptationStep, freeze_batchnorm
+from intrada.training import AdaptationStep, set_batchnorm
 
 NUM_CLASSES = 5
 # 64 x 96: conv1 gives 32 x 48, which the max-pool halves to 16 x 24 rounding down
@@ -149,6 +149,29 @@ def test_param_groups_cover_every_parameter_once_with_10x_classifiers():
     assert {lr for _, lr in groups} == {1.0, 10.0}
 
 
+def test_released_listing_repeats_backbone_tensors_per_enclosing_module():
+    # As the released code's 1x group: conv1 once, a bottleneck's convolutions three
+    # times (layer, block, conv), downsample convolutions four times (layer, block,
+    # downsample, conv); BatchNorm's frozen parameters are filtered out by the
+    # optimiser (requires_grad), the classifiers are listed once.
+    model = DeepLabV2(NUM_CLASSES)
+    set_batchnorm(model, "released")
+    (trunk, one), (heads, ten) = model.param_groups("released")
+    counts: dict[int, int] = {}
+    for p in trunk:
+        counts[id(p)] = counts.get(id(p), 0) + 1
+    b = model.backbone
+    assert counts[id(b.conv1.weight)] == 1
+    assert counts[id(b.layer1[0].conv1.weight)] == 3
+    assert counts[id(b.layer4[2].conv3.weight)] == 3
+    assert counts[id(b.layer3[0].downsample[0].weight)] == 4
+    assert counts[id(b.layer3[5].bn2.weight)] == 3  # listed, but frozen
+    trainable = [p for p in trunk if p.requires_grad]
+    convs = [m for m in b.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert len(trainable) == 1 + 3 * (len(convs) - 1 - 4) + 4 * 4  # 4 downsample convs
+    assert len({id(p) for p in heads}) == len(heads) and (one, ten) == (1.0, 10.0)
+
+
 def test_state_dict_holds_weights_but_not_normalisation_constants():
     model = DeepLabV2(NUM_CLASSES, "deeplab")
     keys = set(model.state_dict())
@@ -276,7 +299,10 @@ def test_pretrained_init_loads_the_backbone_and_trains_with_10x_heads(
 ):
     classes = dataset_classes("gta5")
     model_params = ModelParams(
-        name="deeplabv2", weights_format="torchvision", pretrained=str(resnet101_file)
+        name="deeplabv2",
+        align_corners=False,
+        weights_format="torchvision",
+        pretrained=str(resnet101_file),
     )
     model, init_from = initial_model(model_params, classes, seed=0, init_path=None, pretrained=True)
     assert init_from == {"path": resnet101_file.as_posix(), "stage": "pretrained"}
@@ -295,13 +321,15 @@ def test_pretrained_init_loads_the_backbone_and_trains_with_10x_heads(
         weight_decay=5e-4,
         poly_power=0.9,
         lambda_seg_aux=0.1,
-        freeze_bn=True,
+        batchnorm="frozen",
+        param_listing="unique",
         hflip=False,
         log_every=1,
+        eval_every=0,
+        select="last",
         schedule_iterations=8,
     )
-    model.train()
-    freeze_batchnorm(model)
+    set_batchnorm(model, "frozen")
     step = AdaptationStep(model, cfg, len(classes))
     step.set_iteration(2)
     lrs = sorted({g["lr"] for g in step.optimizer.param_groups})

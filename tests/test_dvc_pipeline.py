@@ -98,6 +98,8 @@ def test_plots_show_renders_curves_iou_and_panels(repo):
     assert "Per-class IoU on target-val (%)" in shown
     assert any(k.startswith("plots/panels/") and k.endswith(".png") for k in shown)
     assert any(k.startswith("dvclive/inter/plots/metrics/") for k in shown)
+    for stage in ("source_only", "inter", "intra"):  # a target-val mIoU curve per stage
+        assert f"dvclive/{stage}/plots/metrics/val/mIoU.tsv" in shown
 
 
 def test_changing_lambda_reruns_only_what_lambda_touches(repo):

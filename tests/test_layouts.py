@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -152,8 +154,10 @@ def test_validation_pass_names_a_label_of_another_size(tmp_path, decode):
         IntradaError, match=r"labels/00003.png: label is 96x40 but its image .* 96x48"
     ):
         check_pairs(table, decode)
-    kept = check_pairs(table, decode, drop_mismatched=True)
-    assert kept["image_id"].tolist() == ["00001", "00002"]
+    kept, mismatched = check_pairs(table, decode, size_mismatch="drop")
+    assert kept["image_id"].tolist() == ["00001", "00002"] and mismatched == 1
+    kept, mismatched = check_pairs(table, decode, size_mismatch="resize")
+    assert kept["image_id"].tolist() == ["00001", "00002", "00003"] and mismatched == 1
 
 
 def test_validation_pass_names_a_corrupt_file(tmp_path):
@@ -223,3 +227,15 @@ def test_decoding_pass_finds_out_of_range_label_values(tmp_path):
     check_pairs(table, decode=False)  # headers cannot tell
     with pytest.raises(IntradaError, match=r"labels/00002.png: label value 200 is out of range"):
         check_pairs(table, decode=True)
+
+
+def test_resized_pairs_of_mismatched_sizes_train_at_the_source_size(tmp_path):
+    # size_mismatch: resize keeps the pair; image (bicubic) and label (nearest) are each
+    # resized to the training size, as the released code does with GTA5.
+    table = index_gta5(write_gta5(tmp_path / "GTA5"))
+    save(tmp_path / "GTA5/labels/00003.png", np.zeros((40, 96), np.uint8))
+    kept, mismatched = check_pairs(table, decode=True, size_mismatch="resize")
+    assert mismatched == 1
+    dataset = SegmentationSet(kept, dataset_classes("gta5"), Path("."), True, size=(64, 32))
+    sample = dataset[(2, False)]
+    assert sample["image"].shape == (3, 32, 64) and sample["label"].shape == (32, 64)

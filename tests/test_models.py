@@ -97,3 +97,35 @@ def test_recorded_commit_is_the_last_one_that_changed_pipeline_code(tmp_path):
     assert git_revision(tmp_path) == {"commit": code_commit, "code_modified": False}
     (tmp_path / "intrada" / "a.py").write_text("x = 2\n")
     assert git_revision(tmp_path) == {"commit": code_commit, "code_modified": True}
+
+
+def test_align_corners_travels_with_the_model_file_to_every_prediction(tmp_path):
+    # Scoring, pseudo-labels, validation and evaluation all go through predict_probs:
+    # each upsamples as the architecture stored in the model file says.
+    import torch.nn.functional as F
+
+    from intrada.inference import predict_probs
+
+    classes = dataset_classes("synthetic")
+    image, size = torch.rand(1, 3, 32, 64), (37, 71)
+    probs = {}
+    for align in (False, True):
+        torch.manual_seed(0)
+        model = build_model("small", len(classes), width=4, align_corners=align)
+        meta = model_meta(
+            arch="small",
+            arch_config={"width": 4, "align_corners": align},
+            classes=classes,
+            stage="inter",
+            params={},
+            init_from=None,
+        )
+        save_model(tmp_path / "model.pt", model, meta)
+        loaded, _ = load_model(tmp_path / "model.pt", classes)
+        assert loaded.align_corners is align
+        probs[align] = predict_probs(loaded, image, size)
+        with torch.no_grad():
+            main = loaded(image)[1]
+        expected = F.interpolate(main, size=size, mode="bilinear", align_corners=align)
+        assert torch.allclose(probs[align], torch.softmax(expected, 1))
+    assert not torch.allclose(probs[False], probs[True])

@@ -57,6 +57,19 @@ def test_profile_passes_validation_with_the_paper_settings(profile):
     assert get(raw, "lambda") == 0.67
 
 
+def test_profile_sets_the_released_codes_behaviour(profile):
+    # README, "Where we differ from the released code": every switch at the released
+    # code's value, but the snapshot (the last iteration, not the best on val).
+    _, raw = profile
+    assert get(raw, "model").align_corners is True
+    assert get(raw, "data").size_mismatch == "resize"
+    assert get(raw, "compute").amp is False
+    for section in ("source_only", "inter", "intra"):
+        cfg = get(raw, section)
+        assert (cfg.batchnorm, cfg.param_listing) == ("released", "released")
+        assert (cfg.eval_every, cfg.select) == (2000, "last")
+
+
 def test_profile_sets_every_key_the_default_sets(profile):
     _, raw = profile
     default = yaml.safe_load((REPO / "params.yaml").read_text())

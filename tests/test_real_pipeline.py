@@ -8,6 +8,7 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from PIL import Image
 
 from intrada.checkpoint import load_model
@@ -20,6 +21,7 @@ from tests.test_dvc_pipeline import project_repo, ran_stages, run
 pytestmark = pytest.mark.slow
 
 SOURCE_SIZE, TARGET_SIZE, LABEL_SIZE = (96, 48), (128, 64), (128, 64)
+MODELS = ("source_only", "inter", "intra")
 
 
 def gta5_params(datasets) -> dict:
@@ -84,10 +86,24 @@ def test_dvc_repro_tracks_the_raw_trees_in_place(tmp_path, datasets):
     lock = (root / "dvc.lock").read_text()
     assert str(trees / "GTA5") in lock and str(trees / "cityscapes") in lock
 
-    # An edited val label re-runs indexing (unchanged: paths only) and evaluation, which
-    # reads the label itself; nothing is retrained.
+    # An edited val label re-runs indexing (unchanged: paths only), the training stages
+    # (they validate on target-val: their model files record the curve) and what reads
+    # their model files, and evaluation. Validation does not change the weights, so the
+    # scores and splits stay as they were: rank_splits is skipped.
+    weights = {s: load_model(root / f"models/{s}/model.pt")[0].state_dict() for s in MODELS}
     label = next((trees / "cityscapes/gtFine/val").rglob("*_labelIds.png"))
     array = np.array(Image.open(label))
     array[0, 0] = 7 if array[0, 0] != 7 else 8
     Image.fromarray(array).save(label)
-    assert ran_stages(run(["dvc", "repro"], root)) == ["index_data", "evaluate"]
+    assert ran_stages(run(["dvc", "repro"], root)) == [
+        "index_data",
+        "train_source_only",
+        "train_inter",
+        "score_entropy",
+        "pseudo_labels",
+        "train_intra",
+        "evaluate",
+    ]
+    for stage, before in weights.items():
+        after = load_model(root / f"models/{stage}/model.pt")[0].state_dict()
+        assert all(torch.equal(v, after[k]) for k, v in before.items()), stage

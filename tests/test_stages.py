@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -71,6 +72,15 @@ def test_training_stages_write_models_with_provenance_and_curves(project):
         curves = root / "dvclive" / stage / "plots/metrics/train/loss_seg_src_main.tsv"
         assert curves.read_text().splitlines()[0] == "step\tloss_seg_src_main"
         assert (root / "dvclive" / stage / "metrics.json").is_file()
+        # Validated on target-val at the last iteration (3 < eval_every): the curve is
+        # logged on the iteration axis and recorded in the model file.
+        val = (root / "dvclive" / stage / "plots/metrics/val/mIoU.tsv").read_text().splitlines()
+        assert val[0] == "step\tmIoU" and val[1].startswith("3\t")
+        validation = meta["validation"]
+        assert [i for i, _ in validation["curve"]] == [3]
+        assert validation["curve"][0][1] == float(val[1].split("\t")[1])
+        assert validation["select"] == "last" and validation["selected_iteration"] == 3
+        assert meta["arch_config"] == {"width": 4, "align_corners": False}
     assert metas["source_only"]["init_from"] is None
     assert metas["inter"]["init_from"]["path"] == "models/source_only/model.pt"
     assert metas["intra"]["init_from"]["path"] == "models/inter/model.pt"
@@ -199,12 +209,41 @@ def test_evaluate_writes_metrics_confusion_matrices_and_panels(project):
     )
     for model, result in report.items():
         assert 0.0 <= result["mIoU"] <= 100.0 and list(result["IoU"]) == names
+        # The model file holds the last iteration; the best on val (here the only
+        # validation, the last iteration) is named as selected on the evaluation set.
+        _, meta = load_model(root / "models" / model / "model.pt")
+        assert result["mIoU_last"] == result["mIoU"]
+        assert result["mIoU_best_val_selected_on_val"] == result["mIoU"]
+        assert result["best_val_iteration"] == result["selected_iteration"] == 3
+        # Validation during training computes what the evaluate stage computes.
+        assert meta["validation"]["last_mIoU"] == result["mIoU"]
         cm = pd.read_csv(root / f"metrics/confusion/{model}.csv", index_col=0)
         assert list(cm.index) == names and list(cm.columns) == names
         assert int(cm.to_numpy().sum()) == labelled  # every labelled pixel, at label size
         iou = pd.read_csv(root / f"plots/iou/{model}.csv")
         assert iou["class"].tolist() == names
     assert len(list((root / "plots/panels").glob("*.png"))) == 2
+
+
+def test_best_val_keeps_the_best_iteration_and_reports_both_numbers(project, tmp_path):
+    root = tmp_path / "best_val"
+    shutil.copytree(project[0], root, symlinks=True)
+    params = tiny_params()
+    params["intra"].update(select="best_val", eval_every=1)
+    write_params(root, params)
+    run_stage("train_intra", root)
+    run_stage("evaluate", root)
+    _, meta = load_model(root / "models/intra/model.pt")
+    validation = meta["validation"]
+    curve = dict(validation["curve"])
+    assert list(curve) == [1, 2, 3]
+    best = max(curve, key=lambda i: (curve[i], -i))  # the first of the best
+    assert validation["best_iteration"] == validation["selected_iteration"] == best
+    result = json.loads((root / "metrics/eval.json").read_text())["intra"]
+    assert result["selected_iteration"] == result["best_val_iteration"] == best
+    # The file holds the best iteration: what evaluate measures is the curve's best.
+    assert result["mIoU"] == result["mIoU_best_val_selected_on_val"] == curve[best]
+    assert result["mIoU_last"] == curve[3]
 
 
 def test_stages_read_only_the_params_they_declare(project):

@@ -8,7 +8,7 @@ from intrada.config import get
 from intrada.entropy import image_entropy, self_information
 from intrada.losses import SOURCE_LABEL, TARGET_LABEL, adversarial_loss
 from intrada.models import build_model, upsample
-from intrada.training import AdaptationStep, freeze_batchnorm, poly_lr
+from intrada.training import AdaptationStep, ListedSGD, make_optimizer, poly_lr, set_batchnorm
 from tests.conftest import tiny_params
 
 
@@ -63,8 +63,8 @@ def test_advent_with_zero_adversarial_weight_equals_source_only():
     # (with BatchNorm frozen: otherwise target batches move its running statistics).
     src, trg = batches()
     a, b = fresh_model(), fresh_model()
-    freeze_batchnorm(a)
-    freeze_batchnorm(b)
+    set_batchnorm(a, "frozen")
+    set_batchnorm(b, "frozen")
     AdaptationStep(a, cfg(lambda_adv_main=0.0, lambda_adv_aux=0.0), 8)(src, trg)
     AdaptationStep(b, cfg(method="source_only"), 8)(src, None)
     for key, value in a.state_dict().items():
@@ -74,8 +74,8 @@ def test_advent_with_zero_adversarial_weight_equals_source_only():
 def test_adversarial_term_changes_the_network_update():
     src, trg = batches()
     a, b = fresh_model(), fresh_model()
-    freeze_batchnorm(a)  # so that only parameters can differ, not running statistics
-    freeze_batchnorm(b)
+    set_batchnorm(a, "frozen")  # so that only parameters can differ, not running statistics
+    set_batchnorm(b, "frozen")
     AdaptationStep(a, cfg(lambda_adv_main=1.0), 8)(src, trg)
     AdaptationStep(b, cfg(method="source_only"), 8)(src, None)
     params_b = dict(b.named_parameters())
@@ -84,7 +84,9 @@ def test_adversarial_term_changes_the_network_update():
 
 def self_info_main(model, images):
     _, main = model(images)
-    return self_information(torch.softmax(upsample(main, tuple(images.shape[-2:])), 1))
+    return self_information(
+        torch.softmax(upsample(main, tuple(images.shape[-2:]), model.align_corners), 1)
+    )
 
 
 def descends(params_before, params_after, objective) -> bool:
@@ -105,7 +107,7 @@ def test_network_moves_target_maps_toward_source_and_discriminator_learns_domain
     src, trg = batches()
     src = {**src, "label": torch.full_like(src["label"], 255)}
     model = fresh_model()
-    freeze_batchnorm(model)
+    set_batchnorm(model, "frozen")
     settings = cfg(
         optimizer="sgd",
         momentum=0.0,
@@ -144,7 +146,7 @@ def test_network_moves_target_maps_toward_source_and_discriminator_learns_domain
 def test_minent_lowers_target_entropy():
     src, trg = batches()
     model = fresh_model()
-    freeze_batchnorm(model)
+    set_batchnorm(model, "frozen")
     step = AdaptationStep(
         model,
         cfg(method="minent", lr=1e-2, lambda_seg_aux=0.0, lambda_ent_main=10.0, lambda_ent_aux=0.0),
@@ -164,7 +166,7 @@ def test_minent_lowers_target_entropy():
 
 def test_frozen_batchnorm_keeps_running_statistics():
     model = fresh_model()
-    freeze_batchnorm(model)
+    set_batchnorm(model, "frozen")
     bn = model.stem[0][1]
     mean_before = bn.running_mean.clone()
     AdaptationStep(model, cfg(method="source_only"), 8)(batches()[0], None)
@@ -174,3 +176,75 @@ def test_frozen_batchnorm_keeps_running_statistics():
     unfrozen = fresh_model()
     AdaptationStep(unfrozen, cfg(method="source_only"), 8)(batches()[0], None)
     assert not torch.equal(unfrozen.stem[0][1].running_mean, mean_before)
+
+
+def sgd_steps(optimizer, p, grads):
+    values = []
+    for grad in grads:
+        p.grad = torch.full_like(p, grad)
+        optimizer.step()
+        values.append(p.item())
+    return values
+
+
+def test_listed_sgd_applies_one_momentum_update_per_listing():
+    # Listed twice, lr 0.1, momentum 0.5, gradient 1 at both steps. Step 1: buffer 1,
+    # p = 0.9; buffer 0.5 * 1 + 1 = 1.5, p = 0.75. Step 2: buffer 1.75, p = 0.575;
+    # buffer 1.875, p = 0.3875.
+    p = torch.nn.Parameter(torch.tensor(1.0, dtype=torch.float64))
+    optimizer = ListedSGD([{"params": [p, p]}], lr=0.1, momentum=0.5, weight_decay=0.0)
+    assert sgd_steps(optimizer, p, [1.0, 1.0]) == pytest.approx([0.75, 0.3875])
+    # Weight decay 0.1 accumulates in the gradient, as PyTorch <= 1.4 added it in place:
+    # d = 1 + 0.1 * 1 = 1.1, buffer 1.1, p = 0.89; d = 1.1 + 0.1 * 0.89 = 1.189,
+    # buffer 0.55 + 1.189 = 1.739, p = 0.89 - 0.1739 = 0.7161.
+    p = torch.nn.Parameter(torch.tensor(1.0, dtype=torch.float64))
+    optimizer = ListedSGD([{"params": [p, p]}], lr=0.1, momentum=0.5, weight_decay=0.1)
+    assert sgd_steps(optimizer, p, [1.0]) == pytest.approx([0.7161])
+    assert optimizer.param_groups[0]["repeats"] == [2]
+
+
+def test_listed_once_is_pytorchs_sgd_bit_for_bit():
+    torch.manual_seed(0)
+    a = torch.nn.Parameter(torch.randn(50))
+    b = torch.nn.Parameter(a.detach().clone())
+    ours = ListedSGD([{"params": [a]}], lr=0.1, momentum=0.9, weight_decay=5e-4)
+    reference = torch.optim.SGD([b], lr=0.1, momentum=0.9, weight_decay=5e-4)
+    for _ in range(3):
+        grad = torch.randn(50)
+        a.grad, b.grad = grad.clone(), grad.clone()
+        ours.step()
+        reference.step()
+    assert torch.equal(a, b)
+
+
+def test_param_listing_picks_the_optimizer_and_its_lists():
+    model = fresh_model()
+    unique = make_optimizer(model, cfg(optimizer="sgd"))
+    assert type(unique) is torch.optim.SGD
+    listed = make_optimizer(model, cfg(optimizer="sgd", param_listing="released"))
+    assert isinstance(listed, ListedSGD)
+    (group,) = listed.param_groups
+    # The small network's trunk as the released code lists DeepLab-v2's: a block's
+    # convolution sits in layer3, its block and its conv_bn_relu: 4 listings.
+    repeats = dict(zip(map(id, group["params"]), group["repeats"], strict=True))
+    assert repeats[id(model.layer3[0].conv1[0].weight)] == 4
+    assert repeats[id(model.main_head.branches[0].weight)] == 1
+    assert len(group["params"]) == len(unique.param_groups[0]["params"])
+
+
+def test_released_batchnorm_normalises_batches_and_drifts_its_statistics():
+    model = fresh_model()
+    set_batchnorm(model, "released")
+    bn = model.stem[0][1]
+    assert bn.training and not bn.weight.requires_grad
+    mean, weight = bn.running_mean.clone(), bn.weight.clone()
+    src, trg = batches()
+    AdaptationStep(model, cfg(lambda_adv_main=0.0, lambda_adv_aux=0.0), 8)(src, trg)
+    assert torch.equal(bn.weight, weight) and not torch.equal(bn.running_mean, mean)
+    # The target forward moved the statistics too: a source-only step moves them less.
+    source_only = fresh_model()
+    set_batchnorm(source_only, "released")
+    AdaptationStep(source_only, cfg(method="source_only"), 8)(src, None)
+    assert not torch.equal(source_only.stem[0][1].running_mean, bn.running_mean)
+    set_batchnorm(model, "train")
+    assert bn.training and bn.weight.requires_grad

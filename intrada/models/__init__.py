@@ -31,12 +31,14 @@ def load_pretrained(model: nn.Module, path: str) -> list[str]:
     return load_deeplab_pretrained(model, path)
 
 
-def upsample(scores: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+def upsample(scores: torch.Tensor, size: tuple[int, int], align_corners: bool) -> torch.Tensor:
     """Class scores resized (bilinear) to an image size: losses, entropy maps and
-    predictions live at image resolution, the networks' outputs at a fraction of it."""
+    predictions live at image resolution, the networks' outputs at a fraction of it.
+    `align_corners` is the network's own (`model.align_corners`, part of its architecture
+    config), so that every stage upsamples a model's scores alike."""
     if tuple(scores.shape[-2:]) == tuple(size):
         return scores
-    return F.interpolate(scores, size=size, mode="bilinear", align_corners=False)
+    return F.interpolate(scores, size=size, mode="bilinear", align_corners=align_corners)
 
 
 __all__ = [

@@ -38,6 +38,7 @@ from torch import nn
 from torchvision.models import resnet101
 
 from intrada.errors import IntradaError, load_failure
+from intrada.models.groups import backbone_listing
 from intrada.models.small import DilatedClassifier
 
 WEIGHTS_FORMATS = ("torchvision", "deeplab")
@@ -64,15 +65,21 @@ def aspp_classifier(cin: int, num_classes: int) -> nn.Module:
 
 
 class DeepLabV2(nn.Module):
-    """Takes RGB images in [0, 1]; returns (aux, main) class scores at 1/8 resolution."""
+    """Takes RGB images in [0, 1]; returns (aux, main) class scores at 1/8 resolution.
 
-    def __init__(self, num_classes: int, weights_format: str = "torchvision"):
+    `align_corners`: how its scores are upsampled to image size (`models.upsample`; the
+    released code uses true)."""
+
+    def __init__(
+        self, num_classes: int, weights_format: str = "torchvision", align_corners: bool = False
+    ):
         super().__init__()
         if weights_format not in WEIGHTS_FORMATS:
             raise ValueError(
                 f"unknown weights_format {weights_format!r}; expected one of {WEIGHTS_FORMATS}"
             )
         self.weights_format = weights_format
+        self.align_corners = align_corners
         backbone = resnet101(weights=None, replace_stride_with_dilation=[False, True, True])
         # Only the convolutional trunk is used.
         del backbone.avgpool, backbone.fc
@@ -107,11 +114,16 @@ class DeepLabV2(nn.Module):
         x4 = b.layer4(x3)
         return self.aux_classifier(x3), self.main_classifier(x4)
 
-    def param_groups(self) -> list[tuple[list[nn.Parameter], float]]:
+    def param_groups(self, listing: str = "unique") -> list[tuple[list[nn.Parameter], float]]:
         """(parameters, learning-rate multiplier) groups: the classifiers learn 10x
-        faster than the pretrained backbone, as in the reference."""
+        faster than the pretrained backbone, as in the reference. With the `released`
+        listing (`models.groups`) the backbone's tensors are listed as the released code
+        lists them (stem conv once, block convs 3 times, downsample convs 4 times); the
+        classifiers are listed once either way."""
+        b = self.backbone
+        trunk = backbone_listing([b.conv1, b.bn1, b.layer1, b.layer2, b.layer3, b.layer4], listing)
         heads = [*self.aux_classifier.parameters(), *self.main_classifier.parameters()]
-        return [(list(self.backbone.parameters()), 1.0), (heads, 10.0)]
+        return [(trunk, 1.0), (heads, 10.0)]
 
 
 def _listed(keys: list[str], limit: int = 3) -> str:

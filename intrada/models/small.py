@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from intrada.models.groups import backbone_listing
+
 
 def conv_bn_relu(cin: int, cout: int, stride: int = 1, dilation: int = 1) -> nn.Sequential:
     return nn.Sequential(
@@ -68,10 +70,13 @@ class PerImageStandardize(nn.Module):
 
 
 class SmallSegNet(nn.Module):
-    """Takes RGB images in [0, 1]; returns (aux, main) class scores at 1/4 resolution."""
+    """Takes RGB images in [0, 1]; returns (aux, main) class scores at 1/4 resolution.
 
-    def __init__(self, num_classes: int, width: int = 16):
+    `align_corners`: how its scores are upsampled to image size (`models.upsample`)."""
+
+    def __init__(self, num_classes: int, width: int = 16, align_corners: bool = False):
         super().__init__()
+        self.align_corners = align_corners
         w = width
         self.normalize = PerImageStandardize()
         self.stem = nn.Sequential(conv_bn_relu(3, w, stride=2), conv_bn_relu(w, w))
@@ -89,6 +94,9 @@ class SmallSegNet(nn.Module):
         x4 = self.layer4(x3)
         return self.aux_head(x3), self.main_head(x4)
 
-    def param_groups(self) -> list[tuple[list[nn.Parameter], float]]:
-        """(parameters, learning-rate multiplier) groups: all at the base rate."""
-        return [(list(self.parameters()), 1.0)]
+    def param_groups(self, listing: str = "unique") -> list[tuple[list[nn.Parameter], float]]:
+        """(parameters, learning-rate multiplier) groups: all at the base rate. With the
+        `released` listing (`models.groups`) the trunk's tensors are listed once per
+        enclosing module, as the released code lists DeepLab-v2's, the heads once."""
+        trunk = backbone_listing([self.stem, self.layer2, self.layer3, self.layer4], listing)
+        return [(trunk + [*self.aux_head.parameters(), *self.main_head.parameters()], 1.0)]

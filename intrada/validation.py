@@ -1,0 +1,150 @@
+"""Validation on a labelled set: the confusion matrix and mIoU of a model, and the
+choice of the snapshot a training stage keeps.
+
+Training validates on target-val every `eval_every` iterations (and at its last one),
+logs the curve, and keeps either the last iteration (`select: last`) or the best
+iteration on target-val (`select: best_val`, as the released code does: selected on the
+evaluation set itself, so its number is optimistic). `evaluate_confusion` is the same
+computation the evaluate stage runs, so the last point of a curve is the evaluate stage's
+mIoU of that snapshot.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from intrada.compute import CPU, Compute
+from intrada.data import SegmentationSet, in_order, loader
+from intrada.inference import predict_probs, top_class
+from intrada.metrics import confusion_matrix, iou_per_class, mean_iou, percent
+from intrada.progress import progress
+
+SELECT = ("last", "best_val")
+
+
+def evaluate_confusion(
+    model: nn.Module,
+    dataset: SegmentationSet,
+    batch_size: int,
+    compute: Compute = CPU,
+    show_progress: bool = True,
+) -> np.ndarray:
+    """The (C, C) confusion matrix of `model` over every labelled pixel of `dataset`,
+    with predictions upsampled to each label's resolution (`predict_probs`)."""
+    num_classes = dataset.num_classes
+    cm = np.zeros((num_classes, num_classes), np.int64)
+    batches = in_order(len(dataset), batch_size)
+    data = loader(dataset, batches, compute.num_workers, pin_memory=compute.cuda)
+    if show_progress:
+        data = progress(data, len(batches), "evaluate", compute)
+    for batch in data:
+        labels = batch["label"]
+        pred = top_class(predict_probs(model, batch["image"], tuple(labels.shape[-2:]), compute))
+        cm += confusion_matrix(labels.numpy(), pred.numpy(), num_classes)
+    return cm
+
+
+def validation_miou(
+    model: nn.Module, dataset: SegmentationSet, batch_size: int, compute: Compute = CPU
+) -> float | None:
+    """mIoU (%, rounded as in metrics/eval.json) of `model` on `dataset`; None if no
+    class has an IoU. Leaves the model in eval mode and the global RNG as it found it
+    (creating a DataLoader iterator draws a seed from it)."""
+    with torch.random.fork_rng(devices=[]):
+        cm = evaluate_confusion(model, dataset, batch_size, compute, show_progress=False)
+    return percent(mean_iou(iou_per_class(cm)))
+
+
+@dataclass
+class Selection:
+    """The validation curve of a run and the snapshot it keeps.
+
+    The best iteration is the first one with the highest mIoU. With `select` = best_val
+    its weights are kept (one copy on the CPU, the only extra snapshot) to be written
+    instead of the last iteration's.
+    """
+
+    select: str
+    every: int
+    curve: list[tuple[int, float | None]] = field(default_factory=list)
+    best_iteration: int | None = None
+    best_miou: float | None = None
+    best_state: dict[str, torch.Tensor] | None = None
+
+    def due(self, iteration: int, total: int) -> bool:
+        return self.every > 0 and (iteration % self.every == 0 or iteration == total)
+
+    def record(self, iteration: int, miou: float | None, model: nn.Module) -> None:
+        self.curve.append((iteration, miou))
+        if miou is not None and (self.best_miou is None or miou > self.best_miou):
+            self.best_iteration, self.best_miou = iteration, miou
+            if self.select == "best_val":
+                self.best_state = {
+                    k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()
+                }
+
+    def state(self) -> dict[str, Any]:
+        """For a resumable checkpoint (plain types and tensors)."""
+        return {
+            "curve": [[i, m] for i, m in self.curve],
+            "best_iteration": self.best_iteration,
+            "best_miou": self.best_miou,
+            "best_state": self.best_state,
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.curve = [(int(i), m) for i, m in state["curve"]]
+        self.best_iteration, self.best_miou = state["best_iteration"], state["best_miou"]
+        self.best_state = state["best_state"]
+
+    def summary(self, last_iteration: int) -> dict[str, Any]:
+        """What the model file records: the curve, the best and last iterations, and
+        which one the file holds."""
+        selected = last_iteration
+        if self.select == "best_val" and self.best_iteration is not None:
+            selected = self.best_iteration
+        return {
+            "every": self.every,
+            "curve": [[i, m] for i, m in self.curve],
+            "last_iteration": last_iteration,
+            "last_mIoU": self.curve[-1][1] if self.curve else None,
+            "best_iteration": self.best_iteration,
+            "best_mIoU": self.best_miou,
+            "select": self.select,
+            "selected_iteration": selected,
+        }
+
+
+def snapshot_report(summary: dict[str, Any] | None, measured: float | None) -> dict[str, Any]:
+    """metrics/eval.json keys on a model's snapshots, from its file's validation summary
+    (`Selection.summary`) and the mIoU the evaluate stage `measured` on the snapshot the
+    file holds:
+
+    - `mIoU_last`: the last iteration's mIoU;
+    - `mIoU_best_val_selected_on_val` and `best_val_iteration`: the best iteration on
+      target-val, chosen on the very set it is measured on (optimistic; the released
+      code's way of reporting, comparable with the published tables);
+    - `selected_iteration`: the iteration the model file holds (what `mIoU` measures).
+
+    The snapshot the file holds is reported with the evaluate stage's own measurement,
+    the other one with its validation during training (the same computation). Empty
+    for a model trained without validation.
+    """
+    if not summary or not summary.get("curve"):
+        return {}
+    selected = summary["selected_iteration"]
+
+    def miou_at(iteration: int, logged: float | None) -> float | None:
+        return measured if iteration == selected else logged
+
+    return {
+        "mIoU_last": miou_at(summary["last_iteration"], summary["last_mIoU"]),
+        "mIoU_best_val_selected_on_val": miou_at(summary["best_iteration"], summary["best_mIoU"]),
+        "best_val_iteration": summary["best_iteration"],
+        "selected_iteration": selected,
+    }
