@@ -264,11 +264,18 @@ def condition(model: nn.Module, size: tuple[int, int]) -> nn.Module:
     return model
 
 
+_CONDITIONED: dict[tuple, nn.Module] = {}
+
+
 def fresh_model(ctx: Context) -> nn.Module:
-    """The params' network with seeded random weights, conditioned, on the CPU."""
-    torch.manual_seed(0)
-    model = build_model(ctx.model.name, len(ctx.classes), **arch_config(ctx.model))
-    return condition(model, ctx.preset.check_size)
+    """The params' network with seeded random weights, conditioned, on the CPU (a copy:
+    building and conditioning ResNet-101 takes seconds, and every row wants one)."""
+    key = (ctx.model, len(ctx.classes), ctx.preset.check_size)
+    if key not in _CONDITIONED:
+        torch.manual_seed(0)
+        model = build_model(ctx.model.name, len(ctx.classes), **arch_config(ctx.model))
+        _CONDITIONED[key] = condition(model, ctx.preset.check_size)
+    return copy.deepcopy(_CONDITIONED[key])
 
 
 def make_step(
