@@ -7,7 +7,7 @@ INSTALLED := $(VENV)/.installed
 # Stage commands call `python`: put the project's environment first on PATH.
 RUN := PATH="$(CURDIR)/$(BIN):$$PATH"
 
-.PHONY: install repro test lint method-gain bench
+.PHONY: install repro test lint method-gain bench gpu-check
 
 install: $(INSTALLED)
 
@@ -36,3 +36,8 @@ method-gain: $(INSTALLED)
 # Speed: training step vs reference-style loop, inference overhead, ranking, no-op repro.
 bench: $(INSTALLED)
 	$(RUN) python -m benchmarks.speed
+
+# The GPU check (README, "GPU check"): correctness, speed and throughput of the CUDA
+# paths; on a machine without a GPU the CPU rows of the embedded benchmark's settings.
+gpu-check: $(INSTALLED)
+	$(RUN) python -m benchmarks.gpu_check

@@ -1,5 +1,5 @@
-"""Where and how the networks run: device, mixed precision, memory format, and the
-processes of a `torchrun` launch (PyTorch DDP).
+"""Where and how the networks run: device, mixed precision, memory format, compilation,
+and the processes of a `torchrun` launch (PyTorch DDP).
 
 A stage whose params ask for `compute.nproc` > 1 re-runs its own command under torchrun
 (`relaunch_under_torchrun`); each process then calls `setup()`, which joins the process
@@ -34,6 +34,10 @@ class Compute:
     num_workers: int
     rank: int = 0
     world: int = 1
+    compile: bool = False  # torch.compile the segmentation network in training
+    # Joined a process group although alone in it: only the GPU check does, to run the
+    # DDP and collective code paths (NCCL on a GPU) with one process.
+    group_of_one: bool = False
 
     @property
     def cuda(self) -> bool:
@@ -46,7 +50,7 @@ class Compute:
 
     @property
     def distributed(self) -> bool:
-        return self.world > 1
+        return self.world > 1 or self.group_of_one
 
     def autocast(self):
         """bf16 autocast for network forwards; losses, entropy and metrics are computed
@@ -68,6 +72,17 @@ class Compute:
         if self.channels_last:
             module = module.to(memory_format=torch.channels_last)
         return module
+
+    def compiled(self, module: torch.nn.Module) -> torch.nn.Module:
+        """`module` through torch.compile (inductor) when `compile` is set; it shares the
+        module's parameters, so state dicts and optimisers keep using the module itself.
+
+        Static shapes: training batches have fixed sizes (source and target: one graph
+        each), and a dynamic-shape graph would be slower for them.
+        """
+        if not self.compile:
+            return module
+        return torch.compile(module, dynamic=False)
 
 
 # One process on the CPU, in fp32: the library's default.
@@ -112,6 +127,7 @@ def setup(params: ComputeParams) -> Compute:
         num_workers=params.num_workers,
         rank=rank,
         world=world,
+        compile=params.compile,
     )
 
 

@@ -328,6 +328,7 @@ class ComputeParams:
     device: Literal["auto", "cpu", "cuda"]  # auto: CUDA when PyTorch sees a GPU
     amp: bool  # bf16 autocast of network forwards on CUDA (losses, entropy in fp32)
     channels_last: bool  # NHWC memory format on CUDA
+    compile: bool  # torch.compile the segmentation network in training (CPU and CUDA)
     num_workers: int  # DataLoader worker processes (0: load in the main process)
     nproc: int  # processes per training / scoring stage, launched with torchrun (DDP)
 

@@ -200,6 +200,7 @@ def run_training(
     meta["compute"] = {
         "device": compute.device.type,
         "amp_bf16": compute.amp,
+        "compiled": compute.compile,
         "processes": compute.world,
     }
     save_model(model_out, model, meta)

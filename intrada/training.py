@@ -225,7 +225,7 @@ class AdaptationStep:
     ):
         self.model, self.cfg, self.compute = model, cfg, compute
         # Frozen parameters (BatchNorm) must be frozen before DDP sees the model.
-        self.net = _ddp(model, compute)
+        self.net = compute.compiled(_ddp(model, compute))
         self.optimizer = make_optimizer(model, cfg)
         self.discs = (
             Discriminators.create(num_classes, cfg, compute) if cfg.method == "advent" else None

@@ -72,7 +72,12 @@ def test_two_gloo_processes_train_as_one_process_with_both_batches(project):
     plain, _ = train_inter(directory, params, batch_size=2, nproc=1)
     # compute.nproc = 2: the stage relaunches itself under torchrun; 1 image per process.
     ddp, meta = train_inter(directory, params, batch_size=1, nproc=2)
-    assert meta["compute"] == {"device": "cpu", "amp_bf16": False, "processes": 2}
+    assert meta["compute"] == {
+        "device": "cpu",
+        "amp_bf16": False,
+        "compiled": False,
+        "processes": 2,
+    }
     changed = [k for k in plain if plain[k].is_floating_point()]
     for key in changed:
         torch.testing.assert_close(ddp[key], plain[key], rtol=1e-4, atol=1e-5, msg=key)
@@ -106,6 +111,9 @@ def test_cuda_asked_for_without_a_gpu_is_one_line():
         pytest.skip("this machine has a GPU")
     with pytest.raises(IntradaError, match=r"compute.device = 'cuda' but PyTorch sees no CUDA"):
         resolve_device("cuda")
-    compute = setup(ComputeParams("auto", amp=True, channels_last=True, num_workers=0, nproc=1))
+    compute = setup(
+        ComputeParams("auto", amp=True, channels_last=True, compile=True, num_workers=0, nproc=1)
+    )
     assert (compute.device.type, compute.amp, compute.channels_last) == ("cpu", False, False)
+    assert compute.compile  # torch.compile works on the CPU too
     assert compute.main and not compute.distributed
