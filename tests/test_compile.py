@@ -10,7 +10,7 @@ from torch._dynamo.utils import counters
 from intrada.compute import CPU
 from intrada.config import get
 from intrada.models import build_model
-from intrada.training import AdaptationStep, freeze_batchnorm
+from intrada.training import AdaptationStep, set_batchnorm
 from tests.conftest import tiny_params
 
 
@@ -20,7 +20,7 @@ def advent_steps(compile: bool, count: int = 3):
     cfg = dataclasses.replace(get(tiny_params(), "inter"), optimizer="sgd", lr=1e-2)
     torch.manual_seed(0)
     model = build_model("small", 8, width=4).train()
-    freeze_batchnorm(model)
+    set_batchnorm(model, "frozen")
     step = AdaptationStep(model, cfg, 8, dataclasses.replace(CPU, compile=compile))
     g = torch.Generator().manual_seed(0)
     losses = []
