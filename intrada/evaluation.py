@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 from intrada.classes import ClassSet
-from intrada.compute import CPU, Compute
-from intrada.data import SegmentationSet, in_order, loader, resize_label
+from intrada.compute import CPU, Compute, sum_across
+from intrada.data import SegmentationSet, in_batches, loader, resize_label
 from intrada.entropy import entropy_map
 from intrada.inference import predict_probs, top_class
 from intrada.io import atomic_path, write_json, write_rgb_png
@@ -23,16 +23,20 @@ from intrada.viz import colorize_channels, entropy_rgb, panel
 def evaluate_confusion(
     model: nn.Module, dataset: SegmentationSet, batch_size: int, compute: Compute = CPU
 ) -> np.ndarray:
-    """The (C, C) confusion matrix of `model` over every labelled pixel of `dataset`."""
+    """The (C, C) confusion matrix of `model` over every labelled pixel of `dataset`.
+
+    With several processes each takes every `world`-th image and the counts are summed
+    over all processes: every process returns the whole set's matrix."""
     num_classes = dataset.num_classes
     cm = np.zeros((num_classes, num_classes), np.int64)
-    batches = in_order(len(dataset), batch_size)
+    mine = list(range(compute.rank, len(dataset), compute.world))
+    batches = in_batches(mine, batch_size)
     data = loader(dataset, batches, compute.num_workers, pin_memory=compute.cuda)
     for batch in progress(data, len(batches), "evaluate", compute):
         labels = batch["label"]
         pred = top_class(predict_probs(model, batch["image"], tuple(labels.shape[-2:]), compute))
         cm += confusion_matrix(labels.numpy(), pred.numpy(), num_classes)
-    return cm
+    return sum_across(cm, compute)
 
 
 def iou_report(
@@ -78,7 +82,8 @@ def write_report(
     subsets: dict[str, tuple[str, ...]] | None = None,
     compute: Compute = CPU,
 ) -> dict:
-    """Evaluate every model and write, each atomically:
+    """Evaluate every model and write, each atomically (with several processes, each
+    evaluates a share of the images and the main process writes):
 
     - `metrics_path`: {model: {"mIoU": %, "IoU": {class: %}}}, plus `diagnostics` under
       that key when given;
@@ -87,13 +92,18 @@ def write_report(
     - `panels_dir/val_<k>.png`: image | truth | one prediction per model | entropy of
       the last model, for the first `num_panels` images.
     """
-    report = {}
+    report, matrices = {}, {}
+    for name, model in models.items():
+        matrices[name] = evaluate_confusion(model, dataset, batch_size, compute)
+        report[name] = iou_report(matrices[name], classes, subsets)
+    if diagnostics is not None:
+        report["diagnostics"] = diagnostics
+    if not compute.main:
+        return report
     with atomic_path(confusion_dir) as cm_out, atomic_path(iou_dir) as iou_out:
         cm_out.mkdir()
         iou_out.mkdir()
-        for name, model in models.items():
-            cm = evaluate_confusion(model, dataset, batch_size, compute)
-            report[name] = iou_report(cm, classes, subsets)
+        for name, cm in matrices.items():
             confusion_table(cm, classes).to_csv(cm_out / f"{name}.csv")
             pd.DataFrame(
                 {
@@ -101,8 +111,6 @@ def write_report(
                     "IoU": [report[name]["IoU"][c] for c in classes.names],
                 }
             ).to_csv(iou_out / f"{name}.csv", index=False)
-    if diagnostics is not None:
-        report["diagnostics"] = diagnostics
     write_json(metrics_path, report)
     with atomic_path(panels_dir) as out:
         out.mkdir()
