@@ -3,7 +3,7 @@ per image, write and read-one times, and the error against the float16 maps that
 pipeline stored before (one `.npy` per image).
 
 Two sets of maps:
-- the default benchmark's: the project's inter model on its target-train images at
+- the default benchmark's: the project's inter model on synthetic target images at
   128x64 (stride 4: the map is the softmax of logits upsampled 4x);
 - Cityscapes-sized: the same model on synthetic target images drawn at 512x256, its
   logits (128x64) upsampled 8x to 1024x512 as DeepLab-v2's stride-8 logits are on
@@ -47,7 +47,8 @@ from intrada.data import SegmentationSet, in_order, loader
 from intrada.entropy import entropy_map
 from intrada.inference import predict_probs
 from intrada.layouts import index_cityscapes
-from intrada.models import upsample
+from intrada.models import build_model, upsample
+from intrada.runs import arch_config
 from intrada.synthetic import write_benchmark
 
 
@@ -204,12 +205,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--model", type=Path, default=Path("models/inter/model.pt"))
-    parser.add_argument("--target", type=Path, default=Path("data/index/target_train.parquet"))
     parser.add_argument("--images", type=int, default=64, help="maps per set")
     args = parser.parse_args()
     raw = read_params(args.params)
     classes = dataset_classes(get(raw, "data").name)
-    model, _ = load_model(args.model, classes)
+    if args.model.is_file():
+        model, _ = load_model(args.model, classes)
+        print(f"maps of {args.model}")
+    else:  # the sizes then say little: untrained maps are nearly uniform
+        model_params = get(raw, "model")
+        torch.manual_seed(0)
+        model = build_model(model_params.name, len(classes), **arch_config(model_params))
+        print(f"{args.model} not found: maps of an untrained model")
     formats = [
         npy_files(),
         entropy_shards(1),
@@ -220,24 +227,25 @@ def main() -> None:
         array_shard(),
         stride_shard(8),
     ]
-    table = pd.read_parquet(args.target).head(args.images)
-    small = SegmentationSet(table, classes, Path("."), False, get(raw, "data").target_size)
+    sets = {}
     with tempfile.TemporaryDirectory() as tmp:
-        synthetic = dataclasses.replace(
-            get(raw, "generate").synthetic,
-            height=256,
-            width=512,
-            num_source=1,
-            num_target_train=args.images,
-            num_target_val=1,
-        )
-        write_benchmark(0, synthetic, Path(tmp))
-        big = index_cityscapes(Path(tmp) / "target", "train")
-        large = SegmentationSet(big, classes, Path("."), False, None)
-        sets = {
-            f"default benchmark, {args.images} maps of 128x64": maps_of(model, small, None),
-            f"Cityscapes-sized, {args.images} maps of 1024x512": maps_of(model, large, (512, 1024)),
-        }
+        default = get(raw, "generate").synthetic
+        for name, (width, height), out_size in (
+            ("default benchmark", (default.width, default.height), None),
+            ("Cityscapes-sized", (512, 256), (512, 1024)),
+        ):
+            synthetic = dataclasses.replace(
+                default,
+                width=width,
+                height=height,
+                num_source=1,
+                num_target_train=args.images,
+                num_target_val=1,
+            )
+            write_benchmark(0, synthetic, Path(tmp) / name)
+            table = index_cityscapes(Path(tmp) / name / "target", "train")
+            maps = maps_of(model, SegmentationSet(table, classes, Path("."), False), out_size)
+            sets[f"{name}, {args.images} maps of {maps.shape[2]}x{maps.shape[1]}"] = maps
     pd.set_option("display.width", 200)
     print(f"{os.cpu_count()} CPU cores, torch {torch.__version__}")
     for name, maps in sets.items():

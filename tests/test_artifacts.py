@@ -204,6 +204,12 @@ def test_training_reads_sharded_labels_opening_each_shard_once(tmp_path, monkeyp
             sample = dataset[(i, False)]
             assert torch.equal(sample["label"], lut[torch.from_numpy(labels[i]).long()].long())
     assert sorted(opened) == ["shard-00000.zip", "shard-00001.zip"]
+    # A forked DataLoader worker (another pid) opens its own handles: a file offset
+    # shared with its parent would mix their reads.
+    parent = os.getpid()
+    monkeypatch.setattr(artifacts.os, "getpid", lambda: parent + 1)
+    dataset[(0, False)]
+    assert sorted(opened) == ["shard-00000.zip", "shard-00000.zip", "shard-00001.zip"]
 
 
 def test_loader_workers_read_sharded_labels_as_the_main_process(tmp_path):
