@@ -63,7 +63,7 @@ def maps_of(model, dataset: SegmentationSet, out_size: tuple[int, int] | None) -
         else:
             model.eval()
             _, main = model(images)
-            prob = F.softmax(upsample(main.float(), out_size), dim=1)
+            prob = F.softmax(upsample(main.float(), out_size, model.align_corners), dim=1)
         maps.append(entropy_map(prob).numpy())
     return np.concatenate(maps)
 
