@@ -65,7 +65,7 @@ def tile_row(columns: list[tuple[str, np.ndarray]], caption: str) -> np.ndarray:
     return np.asarray(canvas)
 
 
-def legend(classes: ClassSet, ramp_width: int = 200) -> np.ndarray:
+def colour_key(classes: ClassSet, ramp_width: int = 200) -> np.ndarray:
     """How to read the gallery: each class's colour and name, ignore (black), and the
     entropy ramp from 0 (certain) to 1 (uniform)."""
     entries = [*zip(classes.names, classes.colors, strict=True), ("ignore", (0, 0, 0))]
@@ -229,7 +229,7 @@ def write_figures(
                 caption = caption_of(kind, i, row, len(table))
                 image = gallery_image(row, table, pseudo, classes, tile_width, caption, root)
                 write_rgb_png(out / f"{kind}_{i:02d}.png", image)
-        write_rgb_png(out / "colour_key.png", legend(classes))
+        write_rgb_png(out / "colour_key.png", colour_key(classes))
     with atomic_path(ranking_dir) as out:
         out.mkdir()
         score_histogram(easy, hard, score_bins).to_csv(out / "score_histogram.csv", index=False)
