@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
+
+import yaml
 
 from tests.conftest import REPO
 from tests.pipeline import dvc_stages, stage_argv
@@ -65,3 +68,12 @@ def test_declared_code_dependencies_exist():
         for dep in stage["deps"]:
             if dep.startswith(("intrada", "stages")):
                 assert (REPO / dep).exists(), f"{name}: {dep}"
+
+
+def test_every_named_plot_can_be_shown_alone():
+    """`dvc plots show <id>` matches ids as regular expressions: an id with brackets or
+    other special characters could not be asked for by itself."""
+    plots = yaml.safe_load((REPO / "dvc.yaml").read_text())["plots"]
+    ids = [next(iter(p)) if isinstance(p, dict) else p for p in plots]
+    assert [i for i in ids if not re.fullmatch(i, i)] == []
+    assert len(ids) == len(set(ids))
