@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -32,6 +33,10 @@ def test_method_gain_prints_the_seed_and_lambda_tables(tmp_path):
             "1.0",
             "--workdir",
             str(workdir),
+            "--bootstrap",
+            "20",
+            "--jobs",
+            "2",
         ],
         cwd=REPO,
         capture_output=True,
@@ -42,8 +47,26 @@ def test_method_gain_prints_the_seed_and_lambda_tables(tmp_path):
     assert "| 3 |" in report and "| mean ± std |" in report
     assert "| 1.0 (self-training) |" in report and "| 0.67 |" in report
     assert "- [" in report  # the checks, ticked or not
+    assert "--jobs 2, threads per stage: 1" in report
     results = json.loads((workdir / "results.json").read_text())["3"]
-    assert set(results) == {"main", "source_long", "intra_ce", "lambda_1.0"}
+    assert set(results) == {"main", "source_long", "intra_ce", "oracle", "noise", "lambda_1.0"}
+    assert " oracle |" in report
+    assert "intra: gap closed %" in report and "## Noise of one seed's gains" in report
+    assert set(results["noise"]) == {
+        "inter - source-only",
+        "intra - inter",
+        "intra - intra, CE only",
+    }
+    assert all(v >= 0 for v in results["noise"].values())
+    # The oracle trained on target-train's images with their ground truth, as long as
+    # the whole pipeline.
+    oracle = workdir / "seed_3/oracle"
+    table = pd.read_parquet(oracle / "data/index/source.parquet")
+    assert len(table) == 10 and table["image_path"].str.contains("leftImg8bit/train").all()
+    assert table["label_path"].str.contains("gtFine/train").all()
+    oracle_params = yaml.safe_load((oracle / "params.yaml").read_text())
+    assert oracle_params["source_only"]["iterations"] == 3 + 3 + 3
+    assert 0 <= results["oracle"]["mIoU"] <= 100
     # The long control trained source-only for source + inter + intra iterations.
     long_params = yaml.safe_load((workdir / "seed_3/source_long/params.yaml").read_text())
     assert long_params["source_only"]["iterations"] == 3 + 3 + 3
