@@ -55,7 +55,9 @@ class DataParams:
     target_root: str  # folder of the Cityscapes layout (leftImg8bit/, gtFine/)
     source_size: tuple[int, ...]  # (width, height) source images are resized to
     target_size: tuple[int, ...]  # (width, height) target images are resized to
-    verify: Literal["header", "decode"]  # validation pass: file headers or every pixel
+    # The validation pass (index_data): labels are always decoded; images are checked
+    # for intact files (`header`: header and chunk checksums) or decoded (`decode`).
+    verify: Literal["header", "decode"]
     # A source pair whose label size differs from its image: `stop` (an error naming the
     # file), `drop` (left out) or `resize` (kept: image and label are each resized to
     # source_size, as the released code does with GTA5).
