@@ -117,3 +117,29 @@ def test_cuda_asked_for_without_a_gpu_is_one_line():
     assert (compute.device.type, compute.amp, compute.channels_last) == ("cpu", False, False)
     assert compute.compile  # torch.compile works on the CPU too
     assert compute.main and not compute.distributed
+
+
+def test_two_processes_stop_together_when_training_diverges(project):
+    # Every process learns of a non-finite loss through one all-reduce per step, so
+    # none is left waiting in a collective; the main process says why, once.
+    directory, params = project
+    params = {**params, "inter": {**params["inter"], "batch_size": 1, "lr": 1.0e6}}
+    params["inter"]["iterations"] = 50
+    params["compute"] = {**params["compute"], "nproc": 2}
+    write_params(directory, params)
+    (directory / "models/inter/model.pt").unlink(missing_ok=True)
+    words = shlex.split(dvc_stages()["train_inter"]["cmd"])
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, *words[1:]],
+        cwd=directory,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: inter:")]
+    assert len(errors) == 1, result.stderr[-3000:]
+    assert " at iteration " in errors[0] and "training diverged; no model written" in errors[0]
+    assert not (directory / "models/inter/model.pt").exists()
