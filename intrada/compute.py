@@ -16,6 +16,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -190,6 +191,17 @@ def shared_atomic_dirs(paths: list[Path], compute: Compute):
         yield tmps
         if compute.distributed:
             dist.barrier()  # every shard written before the main process renames
+
+
+def sum_across(values: np.ndarray, compute: Compute) -> np.ndarray:
+    """An array summed element-wise over all processes (identity for one): each process
+    fills its own entries (others zero), or adds its partial counts. Float64 and int64
+    sums of numbers that only one process contributes are exact."""
+    if not compute.distributed:
+        return values
+    tensor = torch.from_numpy(np.ascontiguousarray(values)).to(compute.device)
+    dist.all_reduce(tensor)
+    return tensor.cpu().numpy()
 
 
 def mean_across(values: dict[str, float], compute: Compute) -> dict[str, float]:

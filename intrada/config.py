@@ -317,9 +317,13 @@ class InferenceParams:
     batch_size: int
     normalize_entropy: bool
     rare_classes: tuple[str, ...]  # class names of the dataset in use (K = their count)
+    shard_size: int  # images per shard file of entropy maps and predictions
+    map_downsample: int  # entropy maps stored at 1/N of the input size per side (1 = full)
 
     def check(self, key: str) -> None:
         _positive(f"{key}.batch_size", self.batch_size)
+        _positive(f"{key}.shard_size", self.shard_size)
+        _positive(f"{key}.map_downsample", self.map_downsample)
         if len(set(self.rare_classes)) != len(self.rare_classes):
             _fail(f"{key}.rare_classes", list(self.rare_classes), "class names without repeats")
         if self.normalize_entropy and not self.rare_classes:
@@ -336,9 +340,11 @@ class PseudoLabelParams:
 
     batch_size: int
     confidence_threshold: float  # pixels whose top softmax probability is below -> 255
+    shard_size: int  # images per shard file of pseudo-labels
 
     def check(self, key: str) -> None:
         _positive(f"{key}.batch_size", self.batch_size)
+        _positive(f"{key}.shard_size", self.shard_size)
         if not 0 <= self.confidence_threshold < 1:
             _fail(
                 f"{key}.confidence_threshold",
@@ -357,7 +363,7 @@ class ComputeParams:
     channels_last: bool  # NHWC memory format on CUDA
     compile: bool  # torch.compile the segmentation network in training (CPU and CUDA)
     num_workers: int  # DataLoader worker processes (0: load in the main process)
-    nproc: int  # processes per training / scoring stage, launched with torchrun (DDP)
+    nproc: int  # processes per network stage, launched with torchrun (DDP)
 
     def check(self, key: str) -> None:
         _non_negative(f"{key}.num_workers", self.num_workers)

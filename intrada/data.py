@@ -2,13 +2,15 @@
 
 Index tables (Parquet) have one row per image: `image_id`, `image_path` and, when
 labelled, `label_path` and `label_encoding` (how the label file stores classes; train ids
-when the column is absent). Paths are relative to the project root (the folder holding
-dvc.yaml) or absolute; readers resolve them against a `root` they are given.
+when the column is absent), and `label_member` when the labels are stored in shards
+(`intrada.artifacts`: `label_path` is then the shard file). Paths are relative to the
+project root (the folder holding dvc.yaml) or absolute; readers resolve them against a
+`root` they are given.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +19,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from intrada.artifacts import read_member
 from intrada.classes import TRAIN_ID, ClassSet
 from intrada.errors import IntradaError
 from intrada.io import read_label, read_parquet, read_rgb
@@ -71,6 +74,10 @@ class SegmentationSet(Dataset):
         self.ids = table["image_id"].tolist()
         self.image_paths = [root / p for p in table["image_path"]]
         self.label_paths = [root / p for p in table["label_path"]] if labelled else None
+        # Labels stored in shards (pseudo-labels): `label_path` is the shard file and
+        # `label_member` the PNG in it. Each process keeps the shards it reads open.
+        members = table["label_member"] if labelled and "label_member" in table else None
+        self.label_members = None if members is None else members.tolist()
         self.encodings = list(table.get("label_encoding", [TRAIN_ID] * len(table)))
         self.size = tuple(size) if size is not None else None
         self.resize_labels = resize_labels
@@ -86,7 +93,11 @@ class SegmentationSet(Dataset):
         image = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)
         sample = {"image": image.float().div_(255.0), "index": torch.tensor(index)}
         if self.label_paths is not None:
-            label = read_label(self.label_paths[index], self.encodings[index])
+            path, data = self.label_paths[index], None
+            if self.label_members is not None and self.label_members[index]:
+                data = read_member(path, self.label_members[index])
+                path = f"{path}:{self.label_members[index]}"
+            label = read_label(path, self.encodings[index], data)
             if self.resize_labels:
                 label = resize_label(label, self.size)
             label = torch.from_numpy(np.ascontiguousarray(label))
@@ -161,9 +172,15 @@ class EndlessBatches:
 
 def in_order(size: int, batch_size: int) -> list[list[tuple[int, bool]]]:
     """Batches of `(index, no flip)` covering a set once, in table order."""
+    return in_batches(range(size), batch_size)
+
+
+def in_batches(indices: Sequence[int], batch_size: int) -> list[list[tuple[int, bool]]]:
+    """Batches of `(index, no flip)` of the given indices, in their order (one process's
+    share of a set)."""
     return [
-        [(i, False) for i in range(s, min(s + batch_size, size))]
-        for s in range(0, size, batch_size)
+        [(i, False) for i in indices[s : s + batch_size]]
+        for s in range(0, len(indices), batch_size)
     ]
 
 

@@ -9,9 +9,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from intrada.artifacts import read_label_member
 from intrada.classes import IGNORE_INDEX, TRAIN_ID, ClassSet
+from intrada.compute import CPU, Compute, sum_across
 from intrada.data import resize_label
-from intrada.io import read_label, read_label_png
+from intrada.io import read_label
 from intrada.metrics import confusion_matrix, iou_per_class, mean_iou, percent
 
 
@@ -39,27 +41,17 @@ def spearman(x: np.ndarray, y: np.ndarray) -> float:
     return float((rx * ry).sum() / denominator) if denominator > 0 else float("nan")
 
 
-def image_confusions(
-    predictions: list[Path],
-    truths: list[Path],
-    classes: ClassSet,
-    truth_encodings: list[str] | None = None,
-) -> list[np.ndarray]:
-    """One (C, C) confusion matrix per image from a train-id label PNG (prediction) and a
-    ground-truth label file (train ids unless `truth_encodings` says otherwise); truth 255
-    ignored. Predicted 255 (a pseudo-label below its threshold) is not counted either.
-    A prediction smaller than its truth is upsampled to it (nearest), as in evaluation."""
+def image_confusion(prediction: np.ndarray, truth: np.ndarray, classes: ClassSet) -> np.ndarray:
+    """The (C, C) confusion matrix of one image: a predicted train-id map (a prediction
+    or a pseudo-label) against its ground truth in train ids; truth 255 ignored.
+    Predicted 255 (a pseudo-label below its threshold) is not counted either. A
+    prediction smaller than its truth is upsampled to it (nearest), as in evaluation."""
     lut = classes.train_id_to_channel()
-    encodings = truth_encodings or [TRAIN_ID] * len(truths)
-    matrices = []
-    for pred_path, truth_path, encoding in zip(predictions, truths, encodings, strict=True):
-        truth = lut[read_label(truth_path, encoding)]
-        pred = read_label_png(pred_path)
-        pred = lut[resize_label(pred, (truth.shape[1], truth.shape[0]))]
-        unlabelled = pred == IGNORE_INDEX
-        truth[unlabelled], pred[unlabelled] = IGNORE_INDEX, 0  # pixel left out either way
-        matrices.append(confusion_matrix(truth, pred, len(classes)))
-    return matrices
+    truth = lut[truth]
+    pred = lut[resize_label(prediction, (truth.shape[1], truth.shape[0]))]
+    unlabelled = pred == IGNORE_INDEX
+    truth[unlabelled], pred[unlabelled] = IGNORE_INDEX, 0  # pixel left out either way
+    return confusion_matrix(truth, pred, len(classes))
 
 
 def pixel_error(cm: np.ndarray) -> float:
@@ -75,41 +67,52 @@ def split_report(
     pseudo: pd.DataFrame,
     classes: ClassSet,
     root: Path = Path("."),
+    compute: Compute = CPU,
 ) -> dict:
     """The inter model's mIoU on the easy and on the hard split, Spearman(score, per-image
     pixel error) over all ranked images, and the pseudo-labels' pixel accuracy and coverage
     on the easy split; percentages, None where undefined (an empty hard split).
 
-    `easy` / `hard`: split tables (`image_id`, `score`, `prediction_path`); `truth`:
-    target-train's ground-truth index (`image_id`, `label_path`, optionally
-    `label_encoding`); `pseudo`: the pseudo-label
-    index (`image_id`, `label_path`).
+    `easy` / `hard`: split tables (`image_id`, `score`, `prediction_path` and, for
+    sharded predictions, `prediction_member`); `truth`: target-train's ground-truth
+    index (`image_id`, `label_path`, optionally `label_encoding`); `pseudo`: the
+    pseudo-label index (`image_id`, `label_path`, `label_member`). Maps are read through
+    `intrada.artifacts`, so either layout works. With several processes each reads every
+    `world`-th image and the counts are summed: every process returns the same report.
     """
     truth_path = dict(zip(truth["image_id"], truth["label_path"], strict=True))
     encodings = truth.get("label_encoding", pd.Series([TRAIN_ID] * len(truth)))
     truth_encoding = dict(zip(truth["image_id"], encodings, strict=True))
-
-    def confusions(table: pd.DataFrame, column: str) -> list[np.ndarray]:
-        return image_confusions(
-            [root / p for p in table[column]],
-            [root / truth_path[i] for i in table["image_id"]],
-            classes,
-            [truth_encoding[i] for i in table["image_id"]],
-        )
-
-    def split_miou(cms: list[np.ndarray]) -> float | None:
-        return percent(mean_iou(iou_per_class(sum(cms)))) if cms else None
-
-    easy_cms, hard_cms = confusions(easy, "prediction_path"), confusions(hard, "prediction_path")
     ranked = pd.concat([easy, hard], ignore_index=True)
-    errors = np.array([pixel_error(cm) for cm in easy_cms + hard_cms])
-    pseudo_cm = sum(confusions(pseudo, "label_path"))
+
+    def confusion(row: pd.Series, kind: str) -> np.ndarray:
+        image_id = row["image_id"]
+        prediction = read_label_member(root / row[f"{kind}_path"], row.get(f"{kind}_member"))
+        label = read_label(root / truth_path[image_id], truth_encoding[image_id])
+        return image_confusion(prediction, label, classes)
+
+    num = len(classes)
+    # Per image: its pixel error (NaN-free zeros where another process owns it); per
+    # split: the summed confusion matrices.
+    errors = np.zeros(len(ranked), np.float64)
+    sums = np.zeros((3, num, num), np.int64)  # easy, hard, pseudo-labels
+    for position in range(compute.rank, len(ranked), compute.world):
+        cm = confusion(ranked.iloc[position], "prediction")
+        errors[position] = pixel_error(cm)
+        sums[0 if position < len(easy) else 1] += cm
+    for position in range(compute.rank, len(pseudo), compute.world):
+        sums[2] += confusion(pseudo.iloc[position], "label")
+    errors, sums = sum_across(errors, compute), sum_across(sums, compute)
+    easy_cm, hard_cm, pseudo_cm = sums
+
+    def split_miou(table: pd.DataFrame, cm: np.ndarray) -> float | None:
+        return percent(mean_iou(iou_per_class(cm))) if len(table) else None
+
     labelled_pixels = pseudo_cm.sum()
-    all_pixels = sum(cm.sum() for cm in easy_cms)
     return {
-        "inter_easy_mIoU": split_miou(easy_cms),
-        "inter_hard_mIoU": split_miou(hard_cms),
+        "inter_easy_mIoU": split_miou(easy, easy_cm),
+        "inter_hard_mIoU": split_miou(hard, hard_cm),
         "score_error_spearman": round(spearman(ranked["score"].to_numpy(), errors), 4),
         "pseudo_label_accuracy": percent(np.trace(pseudo_cm) / labelled_pixels),
-        "pseudo_label_coverage": percent(labelled_pixels / all_pixels),
+        "pseudo_label_coverage": percent(labelled_pixels / easy_cm.sum()),
     }

@@ -64,7 +64,8 @@ def write_report(
     compute: Compute = CPU,
     validations: dict[str, dict | None] | None = None,
 ) -> dict:
-    """Evaluate every model and write, each atomically:
+    """Evaluate every model and write, each atomically (with several processes, each
+    evaluates a share of the images and the main process writes):
 
     - `metrics_path`: {model: {"mIoU": %, ..., "IoU": {class: %}}}, plus `diagnostics`
       under that key when given; with `validations` (each model file's
@@ -75,17 +76,22 @@ def write_report(
     - `panels_dir/val_<k>.png`: image | truth | one prediction per model | entropy of
       the last model, for the first `num_panels` images.
     """
-    report = {}
+    report, matrices = {}, {}
+    for name, model in models.items():
+        matrices[name] = evaluate_confusion(model, dataset, batch_size, compute)
+        report[name] = iou_report(matrices[name], classes, subsets)
+        snapshots = snapshot_report((validations or {}).get(name), report[name]["mIoU"])
+        if snapshots:
+            iou = report[name].pop("IoU")
+            report[name].update(snapshots, IoU=iou)  # per-class IoU stays last
+    if diagnostics is not None:
+        report["diagnostics"] = diagnostics
+    if not compute.main:
+        return report
     with atomic_path(confusion_dir) as cm_out, atomic_path(iou_dir) as iou_out:
         cm_out.mkdir()
         iou_out.mkdir()
-        for name, model in models.items():
-            cm = evaluate_confusion(model, dataset, batch_size, compute)
-            report[name] = iou_report(cm, classes, subsets)
-            snapshots = snapshot_report((validations or {}).get(name), report[name]["mIoU"])
-            if snapshots:
-                iou = report[name].pop("IoU")
-                report[name].update(snapshots, IoU=iou)  # per-class IoU stays last
+        for name, cm in matrices.items():
             confusion_table(cm, classes).to_csv(cm_out / f"{name}.csv")
             pd.DataFrame(
                 {
@@ -93,8 +99,6 @@ def write_report(
                     "IoU": [report[name]["IoU"][c] for c in classes.names],
                 }
             ).to_csv(iou_out / f"{name}.csv", index=False)
-    if diagnostics is not None:
-        report["diagnostics"] = diagnostics
     write_json(metrics_path, report)
     with atomic_path(panels_dir) as out:
         out.mkdir()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import pandas as pd
@@ -12,13 +12,25 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from intrada.artifacts import owned_positions
 from intrada.classes import ClassSet
 from intrada.compute import CPU, Compute
-from intrada.data import SegmentationSet, loader
+from intrada.data import SegmentationSet, in_batches, loader
 from intrada.entropy import entropy_map, rare_class_normalised
-from intrada.io import write_label_png
 from intrada.models import upsample
 from intrada.progress import progress
+
+
+class MapWriter(Protocol):
+    """Where per-image maps go (`intrada.artifacts.EntropyShards`, `LabelShards`)."""
+
+    shard_size: int
+
+    def add(self, position: int, image_id: str, array: np.ndarray) -> None: ...
+
+    def close(self) -> None: ...
+
+    def columns(self, ids: list[str]) -> dict[str, list[str]]: ...
 
 
 @torch.no_grad()
@@ -53,74 +65,77 @@ def score_images(
     table: pd.DataFrame,
     classes: ClassSet,
     batch_size: int,
-    maps_dir: Path,
-    preds_dir: Path,
-    maps_root: Path,
-    preds_root: Path,
+    maps: MapWriter,
+    predictions: MapWriter,
     rare_classes: tuple[str, ...] = (),
     normalize: bool = False,
     compute: Compute = CPU,
 ) -> pd.DataFrame | None:
-    """Entropy map (float16 .npy) and predicted label PNG per image, and a scores table.
+    """Entropy map and predicted train ids of every image, written through `maps` and
+    `predictions` (`intrada.artifacts.EntropyShards` / `LabelShards`: shards of N images
+    in temporary folders), and a scores table.
 
-    Maps and predictions are written to `maps_dir` / `preds_dir` (temporary folders)
-    and recorded under `maps_root` / `preds_root`. With several processes each scores
-    every `world`-th image (its shard) into the same folders, and the main process
-    gathers the numbers: it returns the table, the others None. The table is the same
-    as one process's. It has one row per image:
-    `image_id`, `image_path`, `entropy` (mean of the normalised entropy map),
-    `rare_present` (how many of `rare_classes` the prediction shows), `score` (the value
-    ranked on: `entropy`, or with `normalize` the rare-class normalised entropy) and the
-    two paths.
+    With several processes each scores the images of its shards (shard k goes to
+    process k % world, so the files do not depend on the process count) and the main
+    process gathers the numbers: it returns the table, the others None. The table is the
+    same as one process's. It has one row per image: `image_id`, `image_path`, `entropy`
+    (mean of the normalised entropy map, computed in fp32 at input resolution before the
+    map is quantised for storage), `rare_present` (how many of `rare_classes` the
+    prediction shows), `score` (the value ranked on: `entropy`, or with `normalize` the
+    rare-class normalised entropy), and where the map and the prediction are stored
+    (`map_path`, `map_member`, `prediction_path`, `prediction_member`).
     """
-    maps_dir.mkdir(parents=True, exist_ok=True)
-    preds_dir.mkdir(parents=True, exist_ok=True)
     entropies = np.empty(len(dataset), np.float64)
     rare_present = np.zeros(len(dataset), np.int64)
     rare_channels = torch.tensor(
         [classes.names.index(name) for name in rare_classes], dtype=torch.long
     )
-    shard = list(range(compute.rank, len(dataset), compute.world))
-    batches = [
-        [(i, False) for i in shard[s : s + batch_size]] for s in range(0, len(shard), batch_size)
-    ]
+    if maps.shard_size != predictions.shard_size:
+        raise ValueError("maps and predictions must be sharded alike")
+    mine = owned_positions(len(dataset), maps.shard_size, compute.rank, compute.world)
+    batches = in_batches(mine, batch_size)
     data = loader(dataset, batches, compute.num_workers, pin_memory=compute.cuda)
 
-    def write_batch(ids: list[str], maps: np.ndarray, labels: np.ndarray) -> None:
-        for image_id, entropy, label in zip(ids, maps, labels, strict=True):
-            np.save(maps_dir / f"{image_id}.npy", entropy)
-            write_label_png(preds_dir / f"{image_id}.png", label)
+    def write_batch(indices: list[int], ent: np.ndarray, labels: np.ndarray) -> None:
+        for index, entropy, label in zip(indices, ent, labels, strict=True):
+            maps.add(index, dataset.ids[index], entropy)
+            predictions.add(index, dataset.ids[index], label)
 
-    # Files are encoded and written by a thread while the next batch runs through the
-    # network (zlib and file writes release the GIL); the contents do not depend on it.
-    with ThreadPoolExecutor(max_workers=1) as writer:
-        pending = []
-        for batch in progress(data, len(batches), "score", compute):
-            images = batch["image"]
-            prob = predict_probs(model, images, tuple(images.shape[-2:]), compute)
-            ent = entropy_map(prob)
-            channels = top_class(prob)
-            # (N, K): does image n's prediction show rare class k anywhere?
-            shown = (channels.flatten(1)[:, :, None] == rare_channels).any(dim=1)
-            indices = batch["index"].tolist()
-            entropies[indices] = ent.double().mean(dim=(1, 2)).numpy()
-            rare_present[indices] = shown.sum(dim=1).numpy()
-            pending.append(
-                writer.submit(
-                    write_batch,
-                    [dataset.ids[i] for i in indices],
-                    ent.numpy().astype(np.float16),
-                    to_train_ids(channels, classes),
+    # Maps are encoded and written by a thread while the next batch runs through the
+    # network (zlib, CRCs and file writes release the GIL); one thread keeps the order,
+    # so the files do not depend on it.
+    try:
+        with ThreadPoolExecutor(max_workers=1) as writer:
+            pending = []
+            for batch in progress(data, len(batches), "score", compute):
+                images = batch["image"]
+                prob = predict_probs(model, images, tuple(images.shape[-2:]), compute)
+                ent = entropy_map(prob)
+                channels = top_class(prob)
+                # (N, K): does image n's prediction show rare class k anywhere?
+                shown = (channels.flatten(1)[:, :, None] == rare_channels).any(dim=1)
+                indices = batch["index"].tolist()
+                entropies[indices] = ent.double().mean(dim=(1, 2)).numpy()
+                rare_present[indices] = shown.sum(dim=1).numpy()
+                pending.append(
+                    writer.submit(
+                        write_batch, indices, ent.numpy(), to_train_ids(channels, classes)
+                    )
                 )
-            )
-        for done in pending:
-            done.result()  # re-raises a failed write
+                # Finished writes are dropped so that their maps are freed.
+                while pending and pending[0].done():
+                    pending.pop(0).result()  # re-raises a failed write
+            for done in pending:
+                done.result()
+    finally:
+        maps.close()
+        predictions.close()
     if compute.distributed:
-        # Each process filled its shard's entries; the others are still empty / zero.
-        mine = torch.zeros(len(dataset), dtype=torch.bool)
-        mine[shard] = True
+        # Each process filled its images' entries; the others are still empty / zero.
+        owned = np.zeros(len(dataset), dtype=bool)
+        owned[mine] = True
         gathered = [None] * compute.world
-        dist.all_gather_object(gathered, (mine.numpy(), entropies, rare_present))
+        dist.all_gather_object(gathered, (owned, entropies, rare_present))
         if not compute.main:
             return None
         for owned, ent, rare in gathered:
@@ -133,7 +148,7 @@ def score_images(
                 for e, r in zip(entropies, rare_present, strict=True)
             ]
         )
-    ids = table["image_id"]
+    ids = table["image_id"].tolist()
     return pd.DataFrame(
         {
             "image_id": ids,
@@ -141,7 +156,7 @@ def score_images(
             "entropy": entropies,
             "score": scores,
             "rare_present": rare_present,
-            "map_path": [(maps_root / f"{i}.npy").as_posix() for i in ids],
-            "prediction_path": [(preds_root / f"{i}.png").as_posix() for i in ids],
+            **maps.columns(ids),
+            **predictions.columns(ids),
         }
     )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import io
 import json
 import os
 import shutil
@@ -85,10 +86,12 @@ def write_label_png(path: str | Path, label: np.ndarray) -> None:
     Image.fromarray(label).save(path, optimize=False, compress_level=1)
 
 
-def read_label_png(path: str | Path) -> np.ndarray:
-    """An 8-bit single-channel label PNG as a (H, W) uint8 array of its pixel values."""
+def read_label_png(path: str | Path, data: bytes | None = None) -> np.ndarray:
+    """An 8-bit single-channel label PNG as a (H, W) uint8 array of its pixel values:
+    the file at `path`, or the encoded `data` (a shard member; `path` then names it in
+    errors)."""
     try:
-        with Image.open(path) as img:
+        with Image.open(path if data is None else io.BytesIO(data)) as img:
             if img.mode not in ("L", "P"):
                 raise IntradaError(f"{path}: label mode {img.mode}; expected 8-bit single channel")
             return np.array(img, dtype=np.uint8)
@@ -96,13 +99,14 @@ def read_label_png(path: str | Path) -> np.ndarray:
         raise IntradaError(f"{path}: unreadable label image ({exc})") from exc
 
 
-def read_label(path: str | Path, encoding: str) -> np.ndarray:
+def read_label(path: str | Path, encoding: str, data: bytes | None = None) -> np.ndarray:
     """A label file of any encoding (`intrada.classes.LABEL_ENCODINGS`) as (H, W) uint8
-    train ids, 255 = ignore. A value the encoding cannot hold (say 200 in a Cityscapes
-    label-id PNG: a wrong file, or another dataset's labels) is an error, not ignored."""
+    train ids, 255 = ignore; with `data`, the encoded PNG (a shard member) named `path`.
+    A value the encoding cannot hold (say 200 in a Cityscapes label-id PNG: a wrong file,
+    or another dataset's labels) is an error, not ignored."""
     from intrada.classes import SYNTHIA_ID, TRAIN_ID, label_range
 
-    raw = read_synthia_label(path) if encoding == SYNTHIA_ID else read_label_png(path)
+    raw = read_synthia_label(path) if encoding == SYNTHIA_ID else read_label_png(path, data)
     highest = label_range(encoding)
     bad = raw > highest
     if encoding == TRAIN_ID:

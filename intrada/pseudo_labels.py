@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import torch
 from torch import nn
 
+from intrada.artifacts import LabelShards, owned_positions
 from intrada.classes import IGNORE_INDEX, ClassSet
-from intrada.compute import CPU, Compute
-from intrada.data import SegmentationSet, in_order, loader
+from intrada.compute import CPU, Compute, sum_across
+from intrada.data import SegmentationSet, in_batches, loader
 from intrada.inference import predict_probs, to_train_ids
-from intrada.io import write_label_png
 from intrada.progress import progress
 
 
@@ -33,34 +31,43 @@ def write_pseudo_labels(
     classes: ClassSet,
     batch_size: int,
     threshold: float,
-    labels_dir: Path,
-    labels_root: Path,
+    labels: LabelShards,
     compute: Compute = CPU,
-) -> pd.DataFrame:
+) -> pd.DataFrame | None:
     """Label every image of `dataset` (the easy split, indexed by `table`) with `model`,
-    write the label PNGs (train ids, 255 = ignore) into `labels_dir`, recorded under
-    `labels_root`, and return the index table of a labelled set: `image_id`,
-    `image_path`, `label_path` and `labelled_fraction` (the share of pixels at or above
-    the confidence threshold).
+    write the labels (train ids, 255 = ignore) through `labels` (PNGs in shards) and
+    return the index table of a labelled set: `image_id`, `image_path`, `label_path`
+    (the shard file), `label_member` (the PNG in it) and `labelled_fraction` (the share
+    of pixels at or above the confidence threshold).
+
+    With several processes each labels the images of its shards (as `score_images`)
+    and the main process returns the table, the others None.
     """
-    labels_dir.mkdir(parents=True, exist_ok=True)
-    fractions = np.empty(len(dataset), np.float64)
-    batches = in_order(len(dataset), batch_size)
+    fractions = np.zeros(len(dataset), np.float64)
+    mine = owned_positions(len(dataset), labels.shard_size, compute.rank, compute.world)
+    batches = in_batches(mine, batch_size)
     data = loader(dataset, batches, compute.num_workers, pin_memory=compute.cuda)
-    for batch in progress(data, len(batches), "pseudo-labels", compute):
-        images = batch["image"]
-        labels = label_from_probs(
-            predict_probs(model, images, tuple(images.shape[-2:]), compute), classes, threshold
-        )
-        for j, index in enumerate(batch["index"].tolist()):
-            write_label_png(labels_dir / f"{dataset.ids[index]}.png", labels[j])
-            fractions[index] = float((labels[j] != IGNORE_INDEX).mean())
+    try:
+        for batch in progress(data, len(batches), "pseudo-labels", compute):
+            images = batch["image"]
+            prob = predict_probs(model, images, tuple(images.shape[-2:]), compute)
+            batch_labels = label_from_probs(prob, classes, threshold)
+            for label, index in zip(batch_labels, batch["index"].tolist(), strict=True):
+                labels.add(index, dataset.ids[index], label)
+                fractions[index] = float((label != IGNORE_INDEX).mean())
+    finally:
+        labels.close()
+    if compute.distributed:
+        # Each process filled its images' fractions; the others are zero.
+        fractions = sum_across(fractions, compute)
+        if not compute.main:
+            return None
     ids = list(dataset.ids)
     return pd.DataFrame(
         {
             "image_id": ids,
             "image_path": list(table["image_path"]),
-            "label_path": [(labels_root / f"{i}.png").as_posix() for i in ids],
+            **labels.columns(ids),
             "labelled_fraction": fractions,
         }
     )

@@ -11,6 +11,7 @@ mIoU of that snapshot.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,8 +19,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from intrada.compute import CPU, Compute
-from intrada.data import SegmentationSet, in_order, loader
+from intrada.compute import CPU, Compute, sum_across
+from intrada.data import SegmentationSet, in_batches, loader
 from intrada.inference import predict_probs, top_class
 from intrada.metrics import confusion_matrix, iou_per_class, mean_iou, percent
 from intrada.progress import progress
@@ -35,10 +36,13 @@ def evaluate_confusion(
     show_progress: bool = True,
 ) -> np.ndarray:
     """The (C, C) confusion matrix of `model` over every labelled pixel of `dataset`,
-    with predictions upsampled to each label's resolution (`predict_probs`)."""
+    with predictions upsampled to each label's resolution (`predict_probs`).
+
+    With several processes each takes every `world`-th image and the counts are summed
+    over all processes: every process returns the whole set's matrix."""
     num_classes = dataset.num_classes
     cm = np.zeros((num_classes, num_classes), np.int64)
-    batches = in_order(len(dataset), batch_size)
+    batches = in_batches(list(range(compute.rank, len(dataset), compute.world)), batch_size)
     data = loader(dataset, batches, compute.num_workers, pin_memory=compute.cuda)
     if show_progress:
         data = progress(data, len(batches), "evaluate", compute)
@@ -46,7 +50,7 @@ def evaluate_confusion(
         labels = batch["label"]
         pred = top_class(predict_probs(model, batch["image"], tuple(labels.shape[-2:]), compute))
         cm += confusion_matrix(labels.numpy(), pred.numpy(), num_classes)
-    return cm
+    return sum_across(cm, compute)
 
 
 def validation_miou(
@@ -55,8 +59,11 @@ def validation_miou(
     """mIoU (%, rounded as in metrics/eval.json) of `model` on `dataset`; None if no
     class has an IoU. Leaves the model in eval mode and the global RNG as it found it
     (creating a DataLoader iterator draws a seed from it)."""
+    # Only the main process validates during training (the others wait): the whole set
+    # on this one process.
+    alone = dataclasses.replace(compute, rank=0, world=1, group_of_one=False)
     with torch.random.fork_rng(devices=[]):
-        cm = evaluate_confusion(model, dataset, batch_size, compute, show_progress=False)
+        cm = evaluate_confusion(model, dataset, batch_size, alone, show_progress=False)
     return percent(mean_iou(iou_per_class(cm)))
 
 

@@ -47,14 +47,13 @@ def main() -> None:
         resize_labels=False,
     )
     split_columns = ("image_id", "score", "prediction_path")
-    diagnostics = split_report(
-        read_parquet(args.easy, split_columns),
-        read_parquet(args.hard, split_columns),
-        read_parquet(args.target_train_gt, ("image_id", "label_path", "label_encoding")),
-        read_parquet(args.pseudo_labels, ("image_id", "label_path")),
-        classes,
-    )
-    with processes(get(raw, "compute"), __spec__.name, sharded=False) as compute:
+    easy = read_parquet(args.easy, split_columns)
+    hard = read_parquet(args.hard, split_columns)
+    truth = read_parquet(args.target_train_gt, ("image_id", "label_path", "label_encoding"))
+    pseudo = read_parquet(args.pseudo_labels, ("image_id", "label_path"))
+    # With compute.nproc > 1, torchrun processes evaluate a share of the images each.
+    with processes(get(raw, "compute"), __spec__.name) as compute:
+        diagnostics = split_report(easy, hard, truth, pseudo, classes, compute=compute)
         loaded = {name: load_model(getattr(args, f"{name}_model"), classes) for name in MODELS}
         models = {name: compute.module(model) for name, (model, _) in loaded.items()}
         report = write_report(
@@ -72,6 +71,8 @@ def main() -> None:
             compute=compute,
             validations={name: meta.get("validation") for name, (_, meta) in loaded.items()},
         )
+    if not compute.main:
+        return
     for name in MODELS:
         extra = " ".join(
             f"{k} {v}" for k, v in report[name].items() if k.startswith(("mIoU_", "best_val_"))

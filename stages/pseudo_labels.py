@@ -1,17 +1,19 @@
 """Stage pseudo_labels: the inter model's prediction of each easy image becomes its
-label (train ids, 255 = ignore, also for pixels below the confidence threshold), with an
-index table of the labelled easy set."""
+label (train ids, 255 = ignore, also for pixels below the confidence threshold; PNGs in
+shards of `pseudo_labels.shard_size` images), with an index table of the labelled easy
+set."""
 
 import argparse
 from pathlib import Path
 
+from intrada.artifacts import LabelShards
 from intrada.checkpoint import load_model
 from intrada.classes import dataset_classes
 from intrada.cli import run_stage
-from intrada.compute import processes
+from intrada.compute import processes, shared_atomic_dirs
 from intrada.config import get, read_params
 from intrada.data import SegmentationSet
-from intrada.io import atomic_path, read_parquet, write_parquet
+from intrada.io import read_parquet, write_parquet
 from intrada.pseudo_labels import write_pseudo_labels
 
 
@@ -20,7 +22,7 @@ def main() -> None:
     parser.add_argument("--easy", type=Path, required=True, help="easy split table")
     parser.add_argument("--model", type=Path, required=True, help="the inter model")
     parser.add_argument(
-        "--out", type=Path, required=True, help="folder for labels/ and index.parquet"
+        "--out", type=Path, required=True, help="folder for labels/ (shards) and index.parquet"
     )
     args = parser.parse_args()
     raw = read_params()
@@ -29,10 +31,10 @@ def main() -> None:
     easy = read_parquet(args.easy, ("image_id", "image_path"))
     model, _ = load_model(args.model, classes)
     dataset = SegmentationSet(easy, classes, Path("."), labelled=False, size=data.target_size)
-    # One process on the chosen device: a forward pass over the easy split.
+    # With compute.nproc > 1, torchrun processes label whole shards each (same files).
     with (
-        processes(get(raw, "compute"), __spec__.name, sharded=False) as compute,
-        atomic_path(args.out) as out,
+        processes(get(raw, "compute"), __spec__.name) as compute,
+        shared_atomic_dirs([args.out], compute) as (out,),
     ):
         index = write_pseudo_labels(
             compute.module(model),
@@ -41,11 +43,11 @@ def main() -> None:
             classes,
             cfg.batch_size,
             cfg.confidence_threshold,
-            out / "labels",
-            args.out / "labels",
+            LabelShards(out / "labels", args.out / "labels", cfg.shard_size, "label"),
             compute,
         )
-        write_parquet(out / "index.parquet", index)
+        if compute.main:
+            write_parquet(out / "index.parquet", index)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,11 @@
-"""Stage score_entropy: run the inter model over target-train and write one entropy map
-and one predicted label PNG per image, and the scores table ranked on next."""
+"""Stage score_entropy: run the inter model over target-train and write every image's
+entropy map and predicted train ids (PNGs in shards of `inference.shard_size` images),
+and the scores table ranked on next."""
 
 import argparse
 from pathlib import Path
 
+from intrada.artifacts import EntropyShards, LabelShards
 from intrada.checkpoint import load_model
 from intrada.classes import dataset_classes
 from intrada.cli import run_stage
@@ -18,8 +20,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, required=True)
     parser.add_argument("--target", type=Path, required=True, help="unlabelled index table")
-    parser.add_argument("--maps", type=Path, required=True, help="entropy maps folder")
-    parser.add_argument("--predictions", type=Path, required=True, help="label PNG folder")
+    parser.add_argument("--maps", type=Path, required=True, help="entropy map shards folder")
+    parser.add_argument("--predictions", type=Path, required=True, help="prediction shards folder")
     parser.add_argument("--scores", type=Path, required=True, help="scores table (Parquet)")
     args = parser.parse_args()
     raw = read_params()
@@ -29,7 +31,7 @@ def main() -> None:
     table = load_index(args.target, labelled=False)
     model, _ = load_model(args.model, classes)
     dataset = SegmentationSet(table, classes, Path("."), labelled=False, size=data.target_size)
-    # With compute.nproc > 1, torchrun processes score a shard each (same table).
+    # With compute.nproc > 1, torchrun processes score whole shards each (same files).
     with processes(get(raw, "compute"), __spec__.name) as compute:
         with shared_atomic_dirs([args.maps, args.predictions], compute) as (maps, preds):
             scores = score_images(
@@ -38,10 +40,8 @@ def main() -> None:
                 table,
                 classes,
                 cfg.batch_size,
-                maps,
-                preds,
-                args.maps,
-                args.predictions,
+                EntropyShards(maps, args.maps, cfg.shard_size, cfg.map_downsample),
+                LabelShards(preds, args.predictions, cfg.shard_size, "prediction"),
                 rare_classes=cfg.rare_classes,
                 normalize=cfg.normalize_entropy,
                 compute=compute,

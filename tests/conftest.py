@@ -21,7 +21,9 @@ def tiny_params() -> dict:
     params["model"]["width"] = 4
     for section in ("source_only", "inter", "intra"):
         params[section].update(iterations=3, batch_size=2, log_every=2)
-    params["inference"]["batch_size"] = 4
+    # Several shards per folder, the last one partial: 10 maps in 3, 6 labels in 2.
+    params["inference"].update(batch_size=4, shard_size=4)
+    params["pseudo_labels"]["shard_size"] = 3
     # Not the training batch (2): validation during training must still agree with the
     # evaluate stage.
     params["evaluate"].update(batch_size=3, num_panels=2)

@@ -55,7 +55,7 @@ def test_method_gain_prints_the_seed_and_lambda_tables(tmp_path):
     assert results["main"]["source_only"] == results["lambda_1.0"]["source_only"]
 
 
-def test_speed_benchmark_prints_the_four_measurements():
+def test_speed_benchmark_prints_the_five_measurements():
     result = subprocess.run(
         [
             sys.executable,
@@ -69,6 +69,10 @@ def test_speed_benchmark_prints_the_four_measurements():
             "0",
             "--scores",
             "1000",
+            "--scale-images",
+            "24",
+            "--scale-shard-size",
+            "10",
         ],
         cwd=REPO,
         capture_output=True,
@@ -81,6 +85,24 @@ def test_speed_benchmark_prints_the_four_measurements():
         ("(b) inference, small model", r"overhead -?\d+\.\d % \(goal <= 15 %\)"),
         ("(c) ranking 1,000 scores", r"\d+\.\d\d s \(goal < 2 s\)"),
         ("(d) no-op dvc repro", r"\d+\.\d\d s \(goal < 5 s\)"),
+        ("(e) 24 images of 64x32", r"one file per image \(before\) vs shards of 10$"),
+        ("(e)   scoring stage", r"\d+\.\d\d s vs \d+\.\d\d s$"),
+        # 24 maps and 24 predictions, or 3 shards of each; and the scores table.
+        ("(e)   files", r"^\(e\)   files: 49 vs 7$"),
+        ("(e)   dvc status", r"s vs \d+\.\d\d s \(goal < 10 s\)"),
+        ("(e)   no-op dvc repro", r"s vs \d+\.\d\d s \(goal < 5 s\)"),
+        ("(e)   dvc checkout", r"s vs \d+\.\d\d s$"),
     ):
         (line,) = [line for line in lines if line.startswith(prefix)]
         assert re.search(pattern, line), line
+
+
+def test_map_formats_prints_both_sets(tmp_path):
+    command = [sys.executable, "-m", "benchmarks.map_formats", "--images", "2"]
+    command += ["--model", str(tmp_path / "absent.pt")]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "maps of an untrained model" in result.stdout
+    for name in ("default benchmark, 2 maps of 128x64", "Cityscapes-sized, 2 maps of 1024x512"):
+        assert name in result.stdout
+    assert result.stdout.count("zip of 8-bit PNGs, full size") == 2

@@ -1,9 +1,12 @@
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
 
+from intrada.artifacts import LabelShards
 from intrada.classes import dataset_classes
-from intrada.diagnostics import average_ranks, image_confusions, spearman, split_report
+from intrada.diagnostics import average_ranks, image_confusion, spearman, split_report
 from intrada.io import write_label_png
 
 CLASSES = dataset_classes("synthetic")
@@ -27,10 +30,10 @@ def write(path, rows):
     return path.name
 
 
-def test_image_confusion_skips_unlabelled_pseudo_label_pixels(tmp_path):
-    truth = write(tmp_path / "t.png", [[ROAD, ROAD], [SKY, 255]])
-    pred = write(tmp_path / "p.png", [[ROAD, 255], [ROAD, SKY]])
-    (cm,) = image_confusions([tmp_path / pred], [tmp_path / truth], CLASSES)
+def test_image_confusion_skips_unlabelled_pseudo_label_pixels():
+    truth = np.array([[ROAD, ROAD], [SKY, 255]], np.uint8)
+    pred = np.array([[ROAD, 255], [ROAD, SKY]], np.uint8)
+    cm = image_confusion(pred, truth, CLASSES)
     road, sky = CLASSES.names.index("road"), CLASSES.names.index("sky")
     assert cm.sum() == 2 and cm[road, road] == 1 and cm[sky, road] == 1
 
@@ -86,3 +89,32 @@ def test_split_report_without_a_hard_split_reports_none(tmp_path):
     )
     assert report["inter_hard_mIoU"] is None and report["inter_easy_mIoU"] == 100.0
     assert report["pseudo_label_accuracy"] == 100.0
+
+
+def test_split_report_reads_sharded_predictions_and_pseudo_labels_alike(tmp_path):
+    rows = {
+        "a": [[ROAD, ROAD, SKY, SKY]],
+        "b": [[ROAD, SKY, SKY, ROAD]],
+        "c": [[CAR, CAR, CAR, SKY]],
+    }
+    truth = {i: write(tmp_path / f"gt_{i}.png", [[ROAD, ROAD, SKY, SKY]]) for i in "abc"}
+    files = {i: write(tmp_path / f"pr_{i}.png", r) for i, r in rows.items()}
+    shards = LabelShards(tmp_path / "preds", Path("preds"), 2, "prediction")
+    for position, (image_id, r) in enumerate(rows.items()):
+        shards.add(position, image_id, np.array(r, np.uint8))
+    shards.close()
+    sharded = pd.DataFrame({"image_id": list("abc"), **shards.columns(list("abc"))})
+    assert sharded["prediction_path"].nunique() == 2
+    truth_table = pd.DataFrame({"image_id": list("abc"), "label_path": [truth[i] for i in "abc"]})
+    plain = pd.DataFrame({"image_id": list("abc"), "prediction_path": [files[i] for i in "abc"]})
+    reports = []
+    for table in (plain, sharded):
+        table = table.assign(score=[0.1, 0.2, 0.9])
+        pseudo = table.iloc[:2].rename(
+            columns={"prediction_path": "label_path", "prediction_member": "label_member"}
+        )
+        reports.append(
+            split_report(table.iloc[:2], table.iloc[2:], truth_table, pseudo, CLASSES, tmp_path)
+        )
+    assert reports[0] == reports[1]
+    assert reports[1]["inter_easy_mIoU"] == pytest.approx(60.0)

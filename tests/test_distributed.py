@@ -1,4 +1,5 @@
-"""torchrun / DDP on the CPU (gloo): training and sharded scoring match one process."""
+"""torchrun / DDP on the CPU (gloo): training, scoring, pseudo-labels and evaluation match
+one process."""
 
 from __future__ import annotations
 
@@ -8,8 +9,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
 import pytest
 import torch
 
@@ -85,25 +84,46 @@ def test_two_gloo_processes_train_as_one_process_with_both_batches(project):
     assert len(curves.read_text().splitlines()) == 1 + 2  # header + log_every 2 of 3
 
 
-def test_sharded_scoring_writes_the_single_process_table_and_maps(project):
+def outputs(directory: Path, folders: tuple[str, ...]) -> dict[str, bytes]:
+    return {
+        p.relative_to(directory).as_posix(): p.read_bytes()
+        for folder in folders
+        for p in sorted((directory / folder).rglob("*"))
+        if p.is_file()
+    }
+
+
+def test_two_processes_score_label_and_evaluate_as_one(project):
+    """Scoring, pseudo-labels and evaluation with compute.nproc 2 write the files one
+    process writes, byte for byte (batch 1: CPU convolutions may round differently in
+    batches of other compositions)."""
     directory, params = project
-    params = {**params, "inference": {**params["inference"], "batch_size": 1}}
+    params = {
+        **params,
+        "inference": {**params["inference"], "batch_size": 1},
+        "pseudo_labels": {**params["pseudo_labels"], "batch_size": 1},
+        "evaluate": {**params["evaluate"], "batch_size": 1},
+    }
     write_params(directory, params)
     run_stage("train_inter", directory)
+    folders = ("data/entropy", "data/pseudo_labels", "metrics", "plots")
     results = {}
     for nproc in (1, 2):
         params["compute"] = {**params["compute"], "nproc": nproc}
         write_params(directory, params)
         run_command("score_entropy", directory)
-        table = pd.read_parquet(directory / "data/entropy/scores.parquet")
-        maps = {p: np.load(directory / p) for p in table["map_path"]}
-        preds = {p: (directory / p).read_bytes() for p in table["prediction_path"]}
-        results[nproc] = (table, maps, preds)
-    (t1, m1, p1), (t2, m2, p2) = results[1], results[2]
-    pd.testing.assert_frame_equal(t1, t2)
-    assert p1 == p2
-    assert m1.keys() == m2.keys() and all(np.array_equal(m1[k], m2[k]) for k in m1)
-    assert not list((directory / "data/entropy").glob(".*tmp"))  # no temporary leftovers
+        if nproc == 1:  # the splits and the intra model evaluated: made once
+            run_stage("rank_splits", directory)
+        run_command("pseudo_labels", directory)
+        if nproc == 1:
+            run_stage("train_intra", directory)
+        run_command("evaluate", directory)
+        results[nproc] = outputs(directory, folders)
+    # 10 maps in shards of 4: 3 files per folder; process 0 wrote shards 0 and 2.
+    assert sum(k.startswith("data/entropy/maps/shard-") for k in results[1]) == 3
+    assert results[1].keys() == results[2].keys()
+    assert [k for k in results[1] if results[1][k] != results[2][k]] == []
+    assert not list((directory / "data").rglob("*.tmp"))  # no temporary leftovers
 
 
 def test_cuda_asked_for_without_a_gpu_is_one_line():

@@ -46,3 +46,14 @@ def test_rare_class_normaliser_lowers_the_score_of_images_showing_rare_classes()
     assert rare_class_normalised(0.4, 2, 2) == pytest.approx(0.2)
     with pytest.raises(ValueError):
         rare_class_normalised(0.4, 3, 2)
+
+
+def test_in_place_entropy_map_equals_the_autograd_one_bit_for_bit():
+    torch.manual_seed(0)
+    prob = torch.softmax(torch.randn(3, 8, 5, 7) * 4, dim=1)
+    prob[0, :, 0, 0] = torch.tensor([1.0] + [0.0] * 7)  # a one-hot pixel
+    reference = self_information(prob).sum(dim=1)
+    assert torch.equal(entropy_map(prob), reference)
+    with_grad = prob.clone().requires_grad_(True)
+    loss_map = entropy_map(with_grad)  # the MinEnt loss's path keeps its gradient
+    assert loss_map.requires_grad and torch.equal(loss_map.detach(), reference)

@@ -6,6 +6,8 @@ import json
 import shutil
 import subprocess
 import sys
+import zipfile
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -13,6 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
+from intrada.artifacts import read_entropy_map, read_prediction, read_pseudo_label
 from intrada.checkpoint import load_model
 from intrada.classes import dataset_classes
 from intrada.data import SegmentationSet
@@ -90,19 +93,29 @@ def test_training_stages_write_models_with_provenance_and_curves(project):
     }
 
 
-def test_score_entropy_writes_a_map_and_prediction_per_image(project):
+def test_score_entropy_writes_a_map_and_prediction_per_image_in_shards(project):
     root, _ = project
     scores = pd.read_parquet(root / "data/entropy/scores.parquet")
     assert list(scores.columns[:4]) == ["image_id", "image_path", "entropy", "score"]
     assert len(scores) == tiny_params()["generate"]["synthetic"]["num_target_train"]
+    # 10 images in shards of 4: files 0, 0, 0, 0, 1, ..., 2, 2; one per image, by name.
+    shards = [f"data/entropy/maps/shard-0000{i // 4}.zip" for i in range(10)]
+    assert scores["map_path"].tolist() == shards
+    assert scores["map_member"].tolist() == [f"{i}.png" for i in scores["image_id"]]
+    assert sorted(p.name for p in (root / "data/entropy/maps").iterdir()) == sorted(
+        set(Path(s).name for s in shards)
+    )
+    with zipfile.ZipFile(root / shards[-1]) as last:
+        assert last.namelist() == scores["map_member"].tolist()[8:]
     allowed = set(dataset_classes("synthetic").train_ids)
     for row in scores.itertuples():
-        entropy = np.load(root / row.map_path)
-        assert entropy.shape == (32, 64) and entropy.dtype == np.float16
+        entropy = read_entropy_map(scores, row.image_id, root)
+        assert entropy.shape == (32, 64) and entropy.dtype == np.float32
         assert entropy.min() >= 0.0 and entropy.max() <= 1.0
-        assert row.entropy == pytest.approx(float(entropy.astype(np.float64).mean()), abs=1e-3)
-        prediction = np.array(Image.open(root / row.prediction_path))
-        assert set(np.unique(prediction).tolist()) <= allowed
+        # The score is the mean of the full-precision map; the stored map is within 1/510.
+        assert row.entropy == pytest.approx(float(entropy.astype(np.float64).mean()), abs=2e-3)
+        prediction = read_prediction(scores, row.image_id, root)
+        assert prediction.shape == (32, 64) and set(np.unique(prediction).tolist()) <= allowed
 
 
 def test_entropy_normalisation_scales_scores_by_the_rare_classes_shown(project):
@@ -121,7 +134,7 @@ def test_entropy_normalisation_scales_scores_by_the_rare_classes_shown(project):
     classes = dataset_classes("synthetic")
     rare_ids = {classes.train_ids[classes.names.index(n)] for n in ("sky", "car", "road")}
     for row in scores.itertuples():
-        shown = set(np.unique(np.array(Image.open(root / row.prediction_path))).tolist())
+        shown = set(np.unique(read_prediction(scores, row.image_id, root)).tolist())
         assert row.rare_present == len(shown & rare_ids)
         assert row.score == pytest.approx(row.entropy * ((3 - row.rare_present) / 3 + 0.5))
     assert scores["rare_present"].max() > 0
@@ -145,11 +158,13 @@ def test_pseudo_labels_are_the_inter_predictions_of_the_easy_images(project):
     easy = pd.read_parquet(root / "data/splits/easy.parquet")
     assert index["image_id"].tolist() == easy["image_id"].tolist()
     assert (index["labelled_fraction"] == 1.0).all()  # threshold 0 keeps every pixel
-    for label_path, prediction_path in zip(
-        index["label_path"], easy["prediction_path"], strict=True
-    ):
-        label = np.array(Image.open(root / label_path))
-        assert (label == np.array(Image.open(root / prediction_path))).all()
+    # 6 easy images in shards of 3.
+    assert index["label_path"].tolist() == [
+        f"data/pseudo_labels/labels/shard-0000{i // 3}.zip" for i in range(6)
+    ]
+    for image_id in index["image_id"]:
+        label = read_pseudo_label(index, image_id, root)
+        assert (label == read_prediction(easy, image_id, root)).all()
 
 
 def test_confidence_threshold_turns_unsure_pixels_into_ignore(project, tmp_path):
@@ -171,11 +186,9 @@ def test_confidence_threshold_turns_unsure_pixels_into_ignore(project, tmp_path)
         index = pd.read_parquet(root / "data/pseudo_labels/index.parquet")
         easy = pd.read_parquet(root / "data/splits/easy.parquet")
         ignored = kept = 0
-        for label_path, prediction_path in zip(
-            index["label_path"], easy["prediction_path"], strict=True
-        ):
-            label = np.array(Image.open(root / label_path))
-            prediction = np.array(Image.open(root / prediction_path))
+        for image_id in index["image_id"]:
+            label = read_pseudo_label(index, image_id, root)
+            prediction = read_prediction(easy, image_id, root)
             # Kept pixels are the prediction; the others are ignore.
             assert (label[label != 255] == prediction[label != 255]).all()
             ignored, kept = ignored + (label == 255).sum(), kept + (label != 255).sum()
@@ -297,16 +310,22 @@ def test_bad_lambda_fails_in_one_line_and_leaves_the_splits_untouched(project, t
 
 def test_a_failing_stage_leaves_no_half_written_output(project, monkeypatch):
     root, _ = project
-    before = (root / "data/pseudo_labels/index.parquet").read_bytes()
+    folder = root / "data/pseudo_labels"
+    before = {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
     import intrada.pseudo_labels as module
 
-    def fail_midway(*args, **kwargs):
-        raise RuntimeError("disk full")
+    original, calls = module.LabelShards.add, []
 
-    monkeypatch.setattr(module, "write_label_png", fail_midway)
+    def fail_midway(self, *args):
+        calls.append(args)
+        if len(calls) > 4:  # the first shard of 3 is written and closed, the next begun
+            raise RuntimeError("disk full")
+        original(self, *args)
+
+    monkeypatch.setattr(module.LabelShards, "add", fail_midway)
     with pytest.raises(RuntimeError, match="disk full"):
         run_stage("pseudo_labels", root)
-    assert (root / "data/pseudo_labels/index.parquet").read_bytes() == before
+    assert {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()} == before
     assert not [p for p in (root / "data").iterdir() if p.name.endswith(".tmp")]
 
 
