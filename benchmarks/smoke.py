@@ -64,6 +64,13 @@ import torch
 import yaml
 from torch import nn
 
+from intrada.artifacts import (
+    EntropyShards,
+    LabelShards,
+    read_label_member,
+    read_map_member,
+    read_member,
+)
 from intrada.classes import (
     SYNTHIA_ID_TO_CLASS,
     dataset_classes,
@@ -347,21 +354,40 @@ def logged_losses(project: Path) -> dict[str, dict[str, list[float]]]:
 
 
 def artifact_sizes(project: Path) -> dict[str, dict[str, float]]:
-    """Bytes per file of each per-image artifact, and the files of the models."""
+    """Bytes per image of each per-image artifact and per file of the models.
+
+    Entropy maps, predictions and pseudo-labels live in shards (`intrada.artifacts`):
+    per image counts the shard files' bytes over the images they hold (the zip's own
+    overhead included), and `member_bytes` the image's PNG as the reader API returns it.
+    """
+    scores = pd.read_parquet(project / "data/entropy/scores.parquet")
+    pseudo = pd.read_parquet(project / "data/pseudo_labels/index.parquet")
+    sizes = {}
+    for name, table, kind in (
+        ("entropy maps", scores, "map"),
+        ("predictions", scores, "prediction"),
+        ("pseudo-labels", pseudo, "label"),
+    ):
+        shards = {project / p for p in table[f"{kind}_path"]}
+        members = [
+            len(read_member(project / path, member))
+            for path, member in zip(table[f"{kind}_path"], table[f"{kind}_member"], strict=True)
+        ]
+        sizes[name] = {
+            "files": len(table),
+            "bytes_per_file": sum(f.stat().st_size for f in shards) / len(table),
+            "member_bytes": float(np.mean(members)),
+        }
 
     def per_file(pattern: str) -> dict[str, float]:
         files = sorted(project.glob(pattern))
         sizes = [f.stat().st_size for f in files]
         return {"files": len(files), "bytes_per_file": float(np.mean(sizes)) if sizes else 0.0}
 
-    return {
-        "entropy maps": per_file("data/entropy/maps/*.npy"),
-        "predictions": per_file("data/entropy/predictions/*.png"),
-        "pseudo-labels": per_file("data/pseudo_labels/labels/*.png"),
-        "model file": per_file("models/*/model.pt"),
-        "training checkpoint": per_file("checkpoints/*/last.pt"),
-        "evaluation panel": per_file("plots/panels/*.png"),
-    }
+    sizes["model file"] = per_file("models/*/model.pt")
+    sizes["training checkpoint"] = per_file("checkpoints/*/last.pt")
+    sizes["evaluation panel"] = per_file("plots/panels/*.png")
+    return sizes
 
 
 def disk_projection(sizes: dict, lam: float) -> list[tuple[str, int, float]]:
@@ -442,20 +468,33 @@ def cpu_costs(project: Path, params: dict, full_source: int, repeat: int) -> dic
             lambda: val_set[(0, False)], calls
         ),
     }
-    maps = sorted((project / "data/entropy/maps").glob("*.npy"))
-    preds = sorted((project / "data/entropy/predictions").glob("*.png"))
-    entropy = np.load(maps[0])
-    prediction = np.array(cv2.imread(str(preds[0]), cv2.IMREAD_UNCHANGED), dtype=np.uint8)
+    # The pipeline's own per-image writes: an entropy map (reduced by
+    # inference.map_downsample, quantised, PNG-encoded) and a label PNG into shards.
+    scores = pd.read_parquet(project / "data/entropy/scores.parquet")
+    first = scores.iloc[0]
+    entropy = read_map_member(project / first["map_path"], first["map_member"])
+    prediction = read_label_member(project / first["prediction_path"], first["prediction_member"])
+    inference = params["inference"]
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
+        maps = EntropyShards(out / "maps", out, 1000, inference["map_downsample"])
+        labels = LabelShards(out / "labels", out, 1000, "label")
+        written = [0]
+
+        def add(shards: EntropyShards, array: np.ndarray) -> None:
+            written[0] += 1
+            shards.add(written[0], f"image{written[0]}", array)
+
         writes = {
-            "entropy map (.npy, float16)": seconds_per_call(
-                lambda: np.save(out / "map.npy", entropy), calls
+            f"entropy map (8-bit PNG at 1/{inference['map_downsample']} size, into a shard)": (
+                seconds_per_call(lambda: add(maps, entropy), calls)
             ),
-            "label PNG (prediction or pseudo-label)": seconds_per_call(
-                lambda: write_label_png(out / "label.png", prediction), calls
+            "label PNG (prediction or pseudo-label, into a shard)": seconds_per_call(
+                lambda: add(labels, prediction), calls
             ),
         }
+        maps.close()
+        labels.close()
     return {
         "file_s": files,
         "validation_s_per_pair": validation,
@@ -505,8 +544,7 @@ def cost_projection(costs: dict, params: dict) -> list[tuple[str, str, float]]:
             passes * CITYSCAPES_VAL * val / 3600,
         )
     )
-    map_s = w["entropy map (.npy, float16)"]
-    png_s = w["label PNG (prediction or pseudo-label)"]
+    map_s, png_s = w.values()
     rows.append(
         (
             "score_entropy: writing maps and predictions",

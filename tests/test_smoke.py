@@ -4,16 +4,20 @@ GTA5 profile's DeepLab-v2 through `dvc repro`, then a released-layout inter mode
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import yaml
+from PIL import Image
 
 from benchmarks.smoke import CITYSCAPES_TRAIN, report, run_smoke
+from intrada.artifacts import read_member
 from intrada.checkpoint import load_model
 from tests.pipeline import dvc_stages
 from tests.test_deeplabv2 import released_layout
@@ -46,13 +50,20 @@ def test_tiny_smoke_runs_the_profile_through_dvc_and_measures_it(smoke):
             assert len(series) == 2 and all(np.isfinite(series)), (stage, name)
             assert max(series) < 20, (stage, name)
     assert 1.5 < losses["source_only"]["loss_seg_src_main"][0] < 6
-    # An entropy map is a float16 .npy at the target size: 128 bytes of header.
+    # Per image: the shard files' bytes over their images, at least the member's PNG
+    # (read back through the reader API); entropy maps stored at half the 64x32 input.
     sizes = smoke["artifacts"]
-    assert sizes["entropy maps"] == {"files": 3, "bytes_per_file": 128 + 64 * 32 * 2}
-    assert sizes["pseudo-labels"]["files"] == 2  # int(3 * 0.67)
+    project = Path(smoke["project"])
+    scores = pd.read_parquet(project / "data/entropy/scores.parquet")
+    stored = read_member(project / scores["map_path"][0], scores["map_member"][0])
+    assert Image.open(io.BytesIO(stored)).size == (32, 16)
+    for name, files in (("entropy maps", 3), ("predictions", 3), ("pseudo-labels", 2)):
+        assert sizes[name]["files"] == files, name  # pseudo-labels: int(3 * 0.67)
+        assert sizes[name]["bytes_per_file"] >= sizes[name]["member_bytes"] > 0, name
     assert sizes["model file"]["files"] == sizes["training checkpoint"]["files"] == 3
     projected = {name: (n, size) for name, n, size in smoke["disk_projection"]}
-    assert projected["entropy maps"] == (CITYSCAPES_TRAIN, CITYSCAPES_TRAIN * (128 + 4096))
+    per_map = sizes["entropy maps"]["bytes_per_file"]
+    assert projected["entropy maps"] == (CITYSCAPES_TRAIN, CITYSCAPES_TRAIN * per_map)
     text = report(smoke)
     for row in ("| train_inter |", "| entropy maps |", "index_data validation pass"):
         assert row in text
