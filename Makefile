@@ -7,7 +7,7 @@ INSTALLED := $(VENV)/.installed
 # Stage commands call `python`: put the project's environment first on PATH.
 RUN := PATH="$(CURDIR)/$(BIN):$$PATH"
 
-.PHONY: install repro test lint method-gain bench gpu-check smoke
+.PHONY: install repro test lint method-gain bench gpu-check smoke report plots
 
 install: $(INSTALLED)
 
@@ -25,6 +25,16 @@ endif
 
 test: $(INSTALLED)
 	$(RUN) python -m pytest -q
+
+# One self-contained HTML file of the metrics and every plot of `dvc plots show`,
+# rendered offline (README, "Looking at the results").
+report: $(INSTALLED)
+	$(RUN) python -m intrada.report --out report.html
+
+# `dvc plots show` with the Vega libraries inlined: its page draws without a network.
+plots: $(INSTALLED)
+	$(RUN) python -m intrada.report --offline-template .dvc/tmp/offline_plots.html
+	$(RUN) dvc plots show --html-template .dvc/tmp/offline_plots.html
 
 lint: $(INSTALLED)
 	$(RUN) ruff check . && $(RUN) ruff format --check .

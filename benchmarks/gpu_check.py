@@ -62,6 +62,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torchvision.models.resnet import Bottleneck
 
 from benchmarks.speed import ReferenceStyleStep
+from intrada.artifacts import EntropyShards, LabelShards
 from intrada.classes import ClassSet, dataset_classes
 from intrada.compute import CPU, Compute, setup
 from intrada.config import ModelParams, TrainParams, get, read_params
@@ -742,8 +743,8 @@ def inference_model(ctx: Context) -> nn.Module:
 
 def row_scoring(ctx: Context, clock: Clock) -> dict:
     compute, preset = ctx.compute, ctx.preset
-    batch_size = get(ctx.raw, "inference").batch_size
-    rare = get(ctx.raw, "inference").rare_classes
+    inference = get(ctx.raw, "inference")
+    batch_size, rare = inference.batch_size, inference.rare_classes
     model = inference_model(ctx)
     table = image_table(ctx, preset.score_images)
     dataset = SegmentationSet(table, ctx.classes, Path("."), labelled=False, size=preset.read_size)
@@ -758,9 +759,12 @@ def row_scoring(ctx: Context, clock: Clock) -> dict:
 
         def scored() -> None:
             out = tmp / f"out_{time.perf_counter_ns()}"
+            maps = EntropyShards(
+                out / "maps", out / "maps", inference.shard_size, inference.map_downsample
+            )
+            preds = LabelShards(out / "preds", out / "preds", inference.shard_size, "prediction")
             score_images(
-                model, dataset, table, ctx.classes, batch_size,
-                out / "maps", out / "preds", out / "maps", out / "preds",
+                model, dataset, table, ctx.classes, batch_size, maps, preds,
                 rare_classes=rare, compute=compute,
             )  # fmt: skip
 

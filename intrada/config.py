@@ -382,6 +382,21 @@ class EvaluateParams:
         _non_negative(f"{key}.num_panels", self.num_panels)
 
 
+@dataclass(frozen=True)
+class FiguresParams:
+    """Pictures of the ranking and the errors (the `figures` stage)."""
+
+    gallery_k: int  # the k easiest and the k hardest target-train images drawn
+    tile_width: int  # thumbnail width in pixels; the height keeps the image's aspect
+    score_bins: int  # bins of the score histogram
+
+    def check(self, key: str) -> None:
+        _non_negative(f"{key}.gallery_k", self.gallery_k)
+        if self.tile_width < 16:
+            _fail(f"{key}.tile_width", self.tile_width, "an integer of at least 16 (pixels)")
+        _positive(f"{key}.score_bins", self.score_bins)
+
+
 # Top-level keys of params.yaml and what each holds.
 SCHEMA: dict[str, Any] = {
     "seed": int,
@@ -395,6 +410,7 @@ SCHEMA: dict[str, Any] = {
     "inference": InferenceParams,
     "pseudo_labels": PseudoLabelParams,
     "evaluate": EvaluateParams,
+    "figures": FiguresParams,
     "compute": ComputeParams,
 }
 

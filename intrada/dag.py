@@ -71,6 +71,7 @@ PIPELINE_FILES = (
     ".gitignore",
     ".dvc/config",
     ".dvc/.gitignore",
+    ".dvc/plots",
 )
 
 

@@ -107,6 +107,11 @@ def write_report(
     return report
 
 
+# Panel tiles are drawn at most this wide: small images enlarged 2x (128x64 -> 256x128),
+# Cityscapes' 1024x512 inputs shrunk to 256x128 rather than a 12,000-pixel-wide strip.
+PANEL_TILE_WIDTH = 256
+
+
 def val_panel(
     models: dict[str, nn.Module],
     dataset: SegmentationSet,
@@ -114,7 +119,8 @@ def val_panel(
     index: int,
     compute: Compute = CPU,
 ) -> np.ndarray:
-    """Drawn at the network's input size (the label, if larger, is shrunk to it)."""
+    """Drawn at the network's input size (the label, if larger, is shrunk to it), each
+    tile then resized to at most `PANEL_TILE_WIDTH` pixels wide."""
     sample = dataset[(index, False)]
     image = sample["image"]
     size = tuple(image.shape[-2:])
@@ -128,4 +134,4 @@ def val_panel(
         columns.append((name, colorize_channels(pred, classes)))
     last = list(models)[-1]
     columns.append((f"entropy ({last})", entropy_rgb(entropy)))
-    return panel(columns)
+    return panel(columns, scale=min(2.0, PANEL_TILE_WIDTH / size[1]))

@@ -33,14 +33,16 @@ def entropy_rgb(entropy: np.ndarray) -> np.ndarray:
     return np.rint(_RAMP[lo] * (1 - frac) + _RAMP[lo + 1] * frac).astype(np.uint8)
 
 
-def panel(columns: list[tuple[str, np.ndarray]], scale: int = 2) -> np.ndarray:
-    """Images of equal size side by side, each under a one-word title, enlarged by `scale`."""
+def panel(columns: list[tuple[str, np.ndarray]], scale: float = 2) -> np.ndarray:
+    """Images of equal size side by side, each under a one-word title, resized by `scale`
+    (nearest: label colours stay unblended)."""
     height, width = columns[0][1].shape[:2]
+    tile_w, tile_h = round(width * scale), round(height * scale)
     header = 12
-    canvas = Image.new("RGB", (len(columns) * width * scale, height * scale + header), "white")
+    canvas = Image.new("RGB", (len(columns) * tile_w, tile_h + header), "white")
     draw = ImageDraw.Draw(canvas)
     for i, (title, rgb) in enumerate(columns):
-        tile = Image.fromarray(rgb).resize((width * scale, height * scale), Image.NEAREST)
-        canvas.paste(tile, (i * width * scale, header))
-        draw.text((i * width * scale + 3, 0), title, fill="black")
+        tile = Image.fromarray(rgb).resize((tile_w, tile_h), Image.NEAREST)
+        canvas.paste(tile, (i * tile_w, header))
+        draw.text((i * tile_w + 3, 0), title, fill="black")
     return np.asarray(canvas)

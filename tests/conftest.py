@@ -27,6 +27,7 @@ def tiny_params() -> dict:
     # Not the training batch (2): validation during training must still agree with the
     # evaluate stage.
     params["evaluate"].update(batch_size=3, num_panels=2)
+    params["figures"].update(gallery_k=2, score_bins=5)
     return params
 
 

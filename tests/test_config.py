@@ -116,6 +116,9 @@ def test_unknown_nested_key_is_named_with_its_section(tmp_path, params):
             r"inter\.param_listing = 'released' .* unique with optimizer adam",
         ),
         ("generate.synthetic", "height", 30, r"generate\.synthetic\.height = 30 .* multiple of 8"),
+        ("figures", "gallery_k", -1, r"figures\.gallery_k = -1 .* >= 0"),
+        ("figures", "tile_width", 8, r"figures\.tile_width = 8 .* at least 16"),
+        ("figures", "score_bins", 0, r"figures\.score_bins = 0 .* positive"),
     ],
 )
 def test_bad_values_fail_with_one_line_naming_the_key(

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import csv
+import html
 import io
 import json
 import os
@@ -93,13 +95,85 @@ def test_metrics_show_lists_the_evaluation(repo):
     assert set(metrics) == {"source_only", "inter", "intra", "diagnostics"}
 
 
-def test_plots_show_renders_curves_iou_and_panels(repo):
-    shown = json.loads(run(["dvc", "plots", "show", "--json"], repo).stdout)["data"]
-    assert "Per-class IoU on target-val (%)" in shown
-    assert any(k.startswith("plots/panels/") and k.endswith(".png") for k in shown)
-    assert any(k.startswith("dvclive/inter/plots/metrics/") for k in shown)
-    for stage in ("source_only", "inter", "intra"):  # a target-val mIoU curve per stage
-        assert f"dvclive/{stage}/plots/metrics/val/mIoU.tsv" in shown
+def declared_plots() -> list[str]:
+    """Plot ids of dvc.yaml's top-level `plots`, in order (a folder stands for its files)."""
+    return [next(iter(p)) if isinstance(p, dict) else p for p in dvc_yaml()["plots"]]
+
+
+def dvc_yaml() -> dict:
+    return yaml.safe_load((REPO / "dvc.yaml").read_text())
+
+
+def test_plots_show_draws_every_declared_plot_without_errors(repo):
+    result = json.loads(run(["dvc", "plots", "show", "--json"], repo).stdout)
+    shown = result["data"]
+    assert not result.get("errors"), result["errors"]
+    k = tiny_params()["figures"]["gallery_k"]
+    for plot in declared_plots():
+        if plot.startswith("plots/"):  # a folder of images
+            assert any(key.startswith(plot + "/") for key in shown), plot
+        else:
+            (entry,) = shown[plot]
+            assert entry["type"] == "vega" and entry["content"]["data"]["values"], plot
+    gallery = [key for key in shown if key.startswith("plots/gallery/")]
+    assert len(gallery) == 2 * k + 1  # easiest, hardest and the colour key
+    training = [p for p in declared_plots() if p.startswith("Training")]
+    # One chart per stage and kind: 3 for source-only, 4 for each adaptation step.
+    assert len(training) == 11
+    assert "Training inter: target-val mIoU, %" in training
+    adversarial = shown["Training inter: adversarial losses on target and discriminator losses"]
+    series = {row["field"] for row in adversarial[0]["content"]["data"]["values"]}
+    assert len(series) == 4  # both heads' adversarial and discriminator losses
+
+
+def test_a_new_gallery_size_reruns_only_the_figures(repo):
+    params = tiny_params()
+    params["figures"]["gallery_k"] = 1
+    write_params(repo, params)
+    try:
+        status = json.loads(run(["dvc", "status", "--json"], repo).stdout)
+    finally:
+        write_params(repo, tiny_params())
+    assert set(status) == {"check_params", "figures"}
+
+
+def test_report_holds_every_chart_and_image_and_needs_no_network(repo):
+    out = run([sys.executable, "-m", "intrada.report", "--out", "report.html"], repo)
+    page = (repo / "report.html").read_text()
+    figures = re.findall(
+        r'<figure data-plot="([^"]+)" data-kind="(\w+)"><img alt="[^"]*" src="([^"]+)"', page
+    )
+    charts = {plot: uri for plot, kind, uri in figures if kind == "vega"}
+    images = {plot for plot, kind, _ in figures if kind == "image"}
+    named = [p for p in declared_plots() if not p.startswith("plots/")]
+    assert sorted(charts) == sorted(html.escape(p) for p in named)
+    for plot, uri in charts.items():  # each an SVG drawing of that chart, with its title
+        assert uri.startswith("data:image/svg+xml;base64,")
+        svg = base64.b64decode(uri.split(",", 1)[1]).decode()
+        assert svg.startswith("<svg") and html.unescape(plot) in html.unescape(svg), plot
+        assert "<path" in svg or "<rect" in svg  # marks, not only axes
+    k = tiny_params()["figures"]["gallery_k"]
+    assert len([p for p in images if p.startswith("plots/gallery/")]) == 2 * k + 1
+    assert len([p for p in images if p.startswith("plots/panels/")]) == 2
+    assert all(
+        uri.startswith("data:image/png;base64,") for p, kind, uri in figures if kind == "image"
+    )
+    assert f"{len(charts)} charts, {len(images)} images" in out.stdout
+    for heading in ("Target-val mIoU (%)", "Ranking diagnostics", "Per-class IoU on target-val"):
+        assert heading in page
+    # Self-contained: no script, no stylesheet or image fetched from anywhere.
+    assert "<script" not in page and not re.search(r'(src|href)="(?!data:)', page)
+
+
+def test_plots_page_draws_offline_with_the_inlined_template(repo):
+    template = repo / ".dvc/tmp/offline_plots.html"
+    run([sys.executable, "-m", "intrada.report", "--offline-template", str(template)], repo)
+    run(["dvc", "plots", "show", "--html-template", str(template)], repo)
+    page = (repo / "dvc_plots/index.html").read_text()
+    assert "cdn.jsdelivr" not in page and "window.vegaEmbed=" in page
+    assert page.count("vegaEmbed('#") == len(
+        [p for p in declared_plots() if not p.startswith("plots/")]
+    )
 
 
 def test_changing_lambda_reruns_only_what_lambda_touches(repo):
@@ -113,6 +187,7 @@ def test_changing_lambda_reruns_only_what_lambda_touches(repo):
         "pseudo_labels",
         "train_intra",
         "evaluate",
+        "figures",
     ]
     assert len(pd.read_parquet(repo / "data/splits/easy.parquet")) == 5
     assert (repo / "models/inter/model.pt").read_bytes() == before

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
+
+import yaml
 
 from tests.conftest import REPO
 from tests.pipeline import dvc_stages, stage_argv
@@ -70,11 +73,18 @@ def test_declared_code_dependencies_exist():
 def test_each_training_stage_depends_on_its_init_file():
     # Replacing the file a section starts from (init: file) must re-run its stage; with
     # another init the dependency is the params stamp every stage has anyway.
-    import yaml
-
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["inter"].update(init="file", init_file="weights/advent.pth")
     stages = dvc_stages(params)
     assert "weights/advent.pth" in stages["train_inter"]["deps"]
     for name in ("train_source_only", "train_intra"):
         assert stages[name]["deps"].count("data/params.ok") == 2, name
+
+
+def test_every_named_plot_can_be_shown_alone():
+    """`dvc plots show <id>` matches ids as regular expressions: an id with brackets or
+    other special characters could not be asked for by itself."""
+    plots = yaml.safe_load((REPO / "dvc.yaml").read_text())["plots"]
+    ids = [next(iter(p)) if isinstance(p, dict) else p for p in plots]
+    assert [i for i in ids if not re.fullmatch(i, i)] == []
+    assert len(ids) == len(set(ids))

@@ -76,6 +76,12 @@ def test_the_dag_runs_on_gta5_and_cityscapes_layouts(tmp_path, datasets):
     )
     assert cm.sum() == labelled
     assert report["diagnostics"]["pseudo_label_coverage"] == 100.0
+    # The heat-map tables name the 19 classes in Cityscapes' order; the gallery is drawn.
+    cells = pd.read_csv(tmp_path / "plots/confusion/intra.csv")
+    assert len(cells) == 19 * 19
+    assert cells["truth"].drop_duplicates().tolist() == list(classes.names)
+    k = params["figures"]["gallery_k"]
+    assert len(list((tmp_path / "plots/gallery").glob("*.png"))) == 2 * min(k, 6) + 1
 
 
 def test_dvc_repro_tracks_the_raw_trees_in_place(tmp_path, datasets):
@@ -105,6 +111,7 @@ def test_dvc_repro_tracks_the_raw_trees_in_place(tmp_path, datasets):
         "pseudo_labels",
         "train_intra",
         "evaluate",
+        "figures",
     ]
     for stage, before in weights.items():
         after = load_model(root / f"models/{stage}/model.pt")[0].state_dict()

@@ -238,6 +238,58 @@ def test_evaluate_writes_metrics_confusion_matrices_and_panels(project):
     assert len(list((root / "plots/panels").glob("*.png"))) == 2
 
 
+def test_figures_draw_the_ranking_and_the_confusion_tables(project):
+    root, _ = project
+    k = tiny_params()["figures"]["gallery_k"]
+    easy = pd.read_parquet(root / "data/splits/easy.parquet")
+    hard = pd.read_parquet(root / "data/splits/hard.parquet")
+    gallery = root / "plots/gallery"
+    assert sorted(p.name for p in gallery.iterdir()) == sorted(
+        [f"{kind}_{i:02d}.png" for kind in ("easy", "hard") for i in range(k)] + ["colour_key.png"]
+    )
+    # 64x32 images as 256x128 thumbnails: 4 tiles for an easy image (with its
+    # pseudo-label), 3 for a hard one, 4 px apart, under a 36 px caption and titles.
+    assert Image.open(gallery / "easy_00.png").size == (4 * 256 + 3 * 4, 36 + 128)
+    assert Image.open(gallery / "hard_00.png").size == (3 * 256 + 2 * 4, 36 + 128)
+    # The last tile of the easiest image is its pseudo-label, read from the shard and
+    # coloured with the Cityscapes palette (each label pixel a 4x4 block).
+    first = easy.sort_values("rank").iloc[0]
+    index = pd.read_parquet(root / "data/pseudo_labels/index.parquet").set_index("image_id")
+    row = index.loc[first["image_id"]]
+    with zipfile.ZipFile(root / row["label_path"]) as shard:
+        label = np.array(Image.open(shard.open(row["label_member"])))
+    expected = dataset_classes("synthetic").palette()[label].repeat(4, 0).repeat(4, 1)
+    tile = np.asarray(Image.open(gallery / "easy_00.png"))[36:, 3 * (256 + 4) :]
+    assert np.array_equal(tile, expected)
+
+    histogram = pd.read_csv(root / "plots/ranking/score_histogram.csv")
+    assert histogram.groupby("split")["images"].sum().to_dict() == {
+        "easy": len(easy),
+        "hard": len(hard),
+    }
+    assert easy["score"].max() <= histogram["cut"].iloc[0] <= hard["score"].min()
+    names = list(dataset_classes("synthetic").names)
+    for model in ("source_only", "inter", "intra"):
+        cm = pd.read_csv(root / f"metrics/confusion/{model}.csv", index_col=0)
+        cells = pd.read_csv(root / f"plots/confusion/{model}.csv")
+        assert len(cells) == len(names) ** 2 and cells["pixels"].sum() == cm.to_numpy().sum()
+        rows = cells.dropna(subset=["percent"]).groupby("truth")["percent"].sum()
+        assert np.allclose(rows, 100.0, atol=0.1)
+
+
+def test_a_new_gallery_size_changes_only_the_gallery(project, tmp_path):
+    root = tmp_path / "gallery"
+    shutil.copytree(project[0], root, symlinks=True)
+    params = tiny_params()
+    params["figures"]["gallery_k"] = 1
+    write_params(root, params)
+    before = tree_digest(root)
+    run_stage("figures", root)
+    after = tree_digest(root)
+    changed = {p for p in before.keys() | after.keys() if before.get(p) != after.get(p)}
+    assert changed == {"plots/gallery/easy_01.png", "plots/gallery/hard_01.png"}
+
+
 def test_best_val_keeps_the_best_iteration_and_reports_both_numbers(project, tmp_path):
     root = tmp_path / "best_val"
     shutil.copytree(project[0], root, symlinks=True)
