@@ -97,6 +97,7 @@ def test_a_released_inter_model_with_no_iterations_runs_rank_to_evaluate(smoke, 
         "pseudo_labels",
         "train_intra",
         "evaluate",
+        "figures",
     ]
     inter, meta = load_model(project / "models/inter/model.pt")
     assert meta["init_from"]["stage"] == "released"
