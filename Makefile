@@ -7,7 +7,7 @@ INSTALLED := $(VENV)/.installed
 # Stage commands call `python`: put the project's environment first on PATH.
 RUN := PATH="$(CURDIR)/$(BIN):$$PATH"
 
-.PHONY: install repro test lint method-gain bench gpu-check report plots
+.PHONY: install repro test lint method-gain bench gpu-check smoke report plots
 
 install: $(INSTALLED)
 
@@ -51,3 +51,8 @@ bench: $(INSTALLED)
 # paths; on a machine without a GPU the CPU rows of the embedded benchmark's settings.
 gpu-check: $(INSTALLED)
 	$(RUN) python -m benchmarks.gpu_check
+
+# A profile at the datasets' true sizes on fixture trees, through `dvc repro` in a
+# throw-away copy (README, "Smoke run"): `make smoke PROFILE=synthia_cityscapes`.
+smoke: $(INSTALLED)
+	$(RUN) python -m benchmarks.smoke --profile $(or $(PROFILE),gta5_cityscapes)

@@ -99,21 +99,40 @@ def save_model(path: str | Path, model: nn.Module, meta: dict[str, Any]) -> None
         torch.save({"state_dict": state, "meta": meta}, tmp)
 
 
-def load_model(path: str | Path, classes: ClassSet | None = None) -> tuple[nn.Module, dict]:
-    """A model rebuilt from its file; `classes`, if given, must match the file's."""
+def read_weights(path: str | Path, expected: str) -> Any:
+    """What a weights file holds, loaded safely (`weights_only`), or a one-line error
+    naming the file and saying what was `expected`."""
     path = Path(path)
     if not path.is_file():
         raise IntradaError(f"{path}: model file not found")
     try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise IntradaError(
-            f"{path}: not a readable model file ({load_failure(exc)}); expected a model "
-            "written by the pipeline (tensors and plain types only)"
+            f"{path}: not a readable model file ({load_failure(exc)}); {expected}"
         ) from exc
-    meta = blob.get("meta", {}) if isinstance(blob, dict) else {}
-    if meta.get("format") != MODEL_FORMAT:
+
+
+def is_model_file(blob: Any) -> bool:
+    """Whether a loaded file is a model file written by this pipeline."""
+    return isinstance(blob, dict) and (blob.get("meta") or {}).get("format") == MODEL_FORMAT
+
+
+def load_model(path: str | Path, classes: ClassSet | None = None) -> tuple[nn.Module, dict]:
+    """A model rebuilt from its file; `classes`, if given, must match the file's."""
+    blob = read_weights(
+        path, "expected a model written by the pipeline (tensors and plain types only)"
+    )
+    return model_from_blob(path, blob, classes)
+
+
+def model_from_blob(
+    path: str | Path, blob: Any, classes: ClassSet | None = None
+) -> tuple[nn.Module, dict]:
+    """The model of a loaded model file (`load_model`)."""
+    if not is_model_file(blob):
         raise IntradaError(f"{path}: not an intrada model file; expected format {MODEL_FORMAT}")
+    meta = blob["meta"]
     if classes is not None and tuple(meta["class_names"]) != classes.names:
         raise IntradaError(
             f"{path}: model predicts classes {meta['class_names']}; expected {list(classes.names)}"

@@ -55,7 +55,9 @@ class DataParams:
     target_root: str  # folder of the Cityscapes layout (leftImg8bit/, gtFine/)
     source_size: tuple[int, ...]  # (width, height) source images are resized to
     target_size: tuple[int, ...]  # (width, height) target images are resized to
-    verify: Literal["header", "decode"]  # validation pass: file headers or every pixel
+    # The validation pass (index_data): labels are always decoded; images are checked
+    # for intact files (`header`: header and chunk checksums) or decoded (`decode`).
+    verify: Literal["header", "decode"]
     # A source pair whose label size differs from its image: `stop` (an error naming the
     # file), `drop` (left out) or `resize` (kept: image and label are each resized to
     # source_size, as the released code does with GTA5).
@@ -157,12 +159,19 @@ class ModelParams:
 
 METHODS = ("source_only", "advent", "minent")
 # Which earlier model each training section may start from.
-# `pretrained` = the network with `model.pretrained` ImageNet weights in its backbone.
+# `pretrained` = the network with `model.pretrained` ImageNet weights in its backbone;
+# `file` = the model file named by the section's `init_file` (a model this pipeline
+# wrote, or a released AdvEnt / IntraDA network's state dict).
 ALLOWED_INIT = {
-    "source_only": ("scratch", "pretrained"),
-    "inter": ("scratch", "pretrained", "source_only"),
-    "intra": ("scratch", "pretrained", "source_only", "inter"),
+    "source_only": ("scratch", "pretrained", "file"),
+    "inter": ("scratch", "pretrained", "source_only", "file"),
+    "intra": ("scratch", "pretrained", "source_only", "inter", "file"),
 }
+# `init_file` when `init` is not `file`. dvc.yaml declares each section's init_file as a
+# dependency of its training stage (so replacing the file re-runs it), and a dependency
+# must exist: this is the stamp every training stage already depends on, constant
+# while params are valid.
+NO_INIT_FILE = "data/params.ok"
 
 
 @dataclass(frozen=True)
@@ -175,8 +184,8 @@ class TrainParams:
     """
 
     method: Literal["source_only", "advent", "minent"]
-    init: Literal["scratch", "pretrained", "source_only", "inter"]
-    iterations: int
+    init: Literal["scratch", "pretrained", "source_only", "inter", "file"]
+    iterations: int  # 0 only with init: file (the model is that file as it is)
     batch_size: int
     optimizer: Literal["sgd", "adam"]
     lr: float
@@ -211,11 +220,28 @@ class TrainParams:
     schedule_iterations: int | None = None
     # Iterations between resumable checkpoints (one is always written at the end).
     checkpoint_every: int | None = None
+    # The model file to start from when init is file: one this pipeline wrote, or a
+    # released AdvEnt / IntraDA DeepLab-v2 state dict (README, "Released models").
+    # Otherwise NO_INIT_FILE (dvc.yaml declares it as a dependency either way).
+    init_file: str | None = None
 
     def check(self, key: str) -> None:
         allowed = ALLOWED_INIT[key]
         if self.init not in allowed:
             _fail(f"{key}.init", self.init, "one of " + ", ".join(allowed))
+        if self.init == "file" and self.init_file in (None, NO_INIT_FILE):
+            _fail(
+                f"{key}.init_file",
+                self.init_file,
+                f"the model file to start from when {key}.init is file",
+            )
+        if self.iterations == 0 and self.init != "file":
+            _fail(
+                f"{key}.iterations",
+                0,
+                f"a positive number; 0 only with {key}.init: file (the model is that file "
+                "as it is)",
+            )
         if key == "source_only" and self.method != "source_only":
             _fail(f"{key}.method", self.method, "source_only (this step sees no target)")
         if self.batchnorm == "frozen" and self.init == "scratch":
@@ -238,7 +264,8 @@ class TrainParams:
                 self.select,
                 f"last when {key}.eval_every is 0 (no validation to select on)",
             )
-        for name in ("iterations", "batch_size", "lr", "log_every"):
+        _non_negative(f"{key}.iterations", self.iterations)
+        for name in ("batch_size", "lr", "log_every"):
             _positive(f"{key}.{name}", getattr(self, name))
         if not 0 <= self.momentum < 1:
             _fail(f"{key}.momentum", self.momentum, "a number in [0, 1)")
@@ -449,6 +476,7 @@ def check_all(raw: dict[str, Any]) -> None:
         train = get(raw, name)
         if train.init == "pretrained":
             check_pretrained(model, name)
+        check_init_file(train, name)
         if train.method == "advent":
             sizes = [data.target_size] + ([data.source_size] if name == "inter" else [])
             height, width = min(s[1] for s in sizes), min(s[0] for s in sizes)
@@ -470,6 +498,22 @@ def check_pretrained(model: ModelParams, section: str) -> None:
         )
     if not Path(model.pretrained).is_file():
         _fail("model.pretrained", model.pretrained, "an existing ImageNet ResNet-101 weights file")
+
+
+def check_init_file(train: TrainParams, section: str) -> None:
+    """`init_file` is a dependency of the section's training stage: it must exist (the
+    params stamp, written by check_params itself, stands for "no file")."""
+    if train.init_file is None or train.init_file == NO_INIT_FILE:
+        return
+    if not Path(train.init_file).is_file():
+        expected = (
+            "an existing model file (a model this pipeline wrote, or a released DeepLab-v2 "
+            "state dict)"
+            if train.init == "file"
+            else f"an existing file (a dependency of the stage) or {NO_INIT_FILE} when "
+            f"{section}.init is not file"
+        )
+        _fail(f"{section}.init_file", train.init_file, expected)
 
 
 def check_split_sizes(num_images: int, lam: float) -> None:

@@ -62,6 +62,8 @@ class Checkpoints:
     directory: Path
     every: int | None  # iterations between checkpoints; None = only the final one
     key: str | None
+    # The iteration of the checkpoint this run resumed from or last wrote (None: none).
+    saved_iteration: int | None = None
 
     @property
     def path(self) -> Path:
@@ -88,6 +90,7 @@ class Checkpoints:
         if state["complete"]:
             return None  # a finished run: this one is a deliberate re-run
         log.info("%s: resuming at iteration %d", self.path, state["iteration"])
+        self.saved_iteration = int(state["iteration"])
         return state
 
     def save(self, state: dict[str, Any], complete: bool) -> None:
@@ -95,3 +98,4 @@ class Checkpoints:
         with atomic_path(self.directory) as tmp:
             tmp.mkdir()
             torch.save(state, tmp / FILE_NAME)
+        self.saved_iteration = int(state["iteration"])

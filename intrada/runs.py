@@ -13,7 +13,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from intrada.checkpoint import load_model, model_meta, params_hash, save_model
+from intrada.checkpoint import (
+    is_model_file,
+    load_model,
+    model_from_blob,
+    model_meta,
+    params_hash,
+    read_weights,
+    save_model,
+)
 from intrada.classes import ClassSet
 from intrada.compute import CPU, Compute
 from intrada.config import ModelParams, TrainParams, as_dict
@@ -21,8 +29,9 @@ from intrada.data import SegmentationSet, load_index
 from intrada.errors import IntradaError
 from intrada.io import atomic_path
 from intrada.models import build_model, load_pretrained
-from intrada.resume import Checkpoints, run_key
-from intrada.training import train
+from intrada.models.deeplabv2 import RELEASED_EXPECTED, load_released, state_dict_of
+from intrada.resume import Checkpoints, file_sha256, run_key
+from intrada.training import Diverged, train
 from intrada.validation import Selection
 
 log = logging.getLogger(__name__)
@@ -57,9 +66,12 @@ def initial_model(
     seed: int,
     init_path: Path | None,
     pretrained: bool = False,
+    from_file: bool = False,
 ) -> tuple[nn.Module, dict[str, Any] | None]:
     """A fresh network (seeded; with `pretrained`, its backbone from `model.pretrained`),
-    or the weights of an earlier stage's model file.
+    or the weights of a model file: an earlier stage's, or with `from_file` (`init:
+    file`) a file of the user's, which may also be a released AdvEnt / IntraDA network
+    (`start_file_model`).
 
     Returns the model and, when loaded, where from (path and, for a model file, that
     model's params hash).
@@ -72,18 +84,54 @@ def initial_model(
         ignored = load_pretrained(model, model_params.pretrained)
         log.info("backbone from %s (ignored: %d keys)", model_params.pretrained, len(ignored))
         return model, {"path": Path(model_params.pretrained).as_posix(), "stage": "pretrained"}
+    if from_file:
+        return start_file_model(model_params, classes, init_path)
     model, meta = load_model(init_path, classes)
-    wanted = (model_params.name, arch_config(model_params))
-    if (meta["arch"], meta["arch_config"]) != wanted:
-        raise IntradaError(
-            f"{init_path}: model is {meta['arch']} {meta['arch_config']}; params.yaml model "
-            f"section asks for {wanted[0]} {wanted[1]} (re-run the earlier stage)"
-        )
+    check_architecture(init_path, meta, model_params)
     return model, {
         "path": Path(init_path).as_posix(),
         "stage": meta["stage"],
         "params_sha256": meta["params_sha256"],
     }
+
+
+def check_architecture(path: Path, meta: dict[str, Any], model_params: ModelParams) -> None:
+    """A loaded model file must hold the network the params' model section describes."""
+    wanted = (model_params.name, arch_config(model_params))
+    if (meta["arch"], meta["arch_config"]) != wanted:
+        raise IntradaError(
+            f"{path}: model is {meta['arch']} {meta['arch_config']}; params.yaml model "
+            f"section asks for {wanted[0]} {wanted[1]} (re-run the earlier stage)"
+        )
+
+
+def start_file_model(
+    model_params: ModelParams, classes: ClassSet, path: Path
+) -> tuple[nn.Module, dict[str, Any]]:
+    """The model of an `init: file` file: a model file this pipeline wrote, or a
+    released network's state dict (DeepLab-v2 with `weights_format: deeplab` only;
+    `models.deeplabv2.load_released`). Where from records the file's sha256, since
+    params name only its path."""
+    blob = read_weights(path, RELEASED_EXPECTED)
+    origin = {"path": Path(path).as_posix(), "sha256": file_sha256(path)}
+    if is_model_file(blob):
+        model, meta = model_from_blob(path, blob, classes)
+        check_architecture(path, meta, model_params)
+        return model, {**origin, "stage": meta["stage"], "params_sha256": meta["params_sha256"]}
+    if (model_params.name, model_params.weights_format) != ("deeplabv2", "deeplab"):
+        raise IntradaError(
+            f"{path}: not a model file of this pipeline, so read as a released DeepLab-v2 "
+            f"network, which needs model.name deeplabv2 with weights_format deeplab; "
+            f"params.yaml has {model_params.name}"
+            + (f" with {model_params.weights_format}" if model_params.weights_format else "")
+        )
+    state = state_dict_of(blob)
+    if state is None:
+        raise IntradaError(f"{path}: not a dict of tensors; {RELEASED_EXPECTED}")
+    model = build_model(model_params.name, len(classes), **arch_config(model_params))
+    load_released(model, state, path)
+    log.info("released network from %s (%d tensors)", path, len(state))
+    return model, {**origin, "stage": "released"}
 
 
 def run_training(
@@ -116,7 +164,14 @@ def run_training(
     in the model file's `meta["validation"]`, with the snapshot `cfg.select` picked.
     With several processes (torchrun) every process trains, and only the main one
     validates, logs curves and writes the model. With `checkpoint_dir` an interrupted
-    run resumes (`intrada.resume`)."""
+    run resumes (`intrada.resume`).
+
+    `cfg.init` = file starts from `cfg.init_file` (`start_file_model`); with
+    `cfg.iterations` = 0 the model file written is that model as it is. A run that
+    diverges (`training.Diverged`) stops with one line naming the stage, the iteration
+    and the loss, and writes no model file."""
+    if cfg.init == "file":
+        init_path = Path(cfg.init_file)
     source_table = load_index(source_index, labelled=True)
     source = SegmentationSet(source_table, classes, root, labelled=True, size=source_size)
     target = None
@@ -141,7 +196,12 @@ def run_training(
             resize_labels=False,
         )
     model, init_from = initial_model(
-        model_params, classes, seed, init_path, pretrained=cfg.init == "pretrained"
+        model_params,
+        classes,
+        seed,
+        init_path,
+        pretrained=cfg.init == "pretrained",
+        from_file=cfg.init == "file",
     )
     log.info(
         "%s: %s training, %d iterations, %d source-like%s images, start: %s, on %s x %d",
@@ -168,19 +228,32 @@ def run_training(
         checkpoints = Checkpoints(checkpoint_dir, cfg.checkpoint_every, key)
 
     def run(live: LiveLog | None = None) -> Selection:
-        return train(
-            model,
-            source,
-            target,
-            cfg,
-            seed,
-            on_log=live,
-            run_key=RUN_KEYS[stage],
-            compute=compute,
-            checkpoints=checkpoints,
-            val_set=val_set,
-            on_val=live.validation if live is not None else None,
-        )
+        if cfg.iterations == 0:  # init: file, and the model is that file as it is
+            log.info("%s: 0 iterations: the model is %s as it is", stage, init_path)
+            if checkpoint_dir is not None:
+                checkpoint_dir.mkdir(parents=True, exist_ok=True)  # a declared output
+            return Selection(cfg.select, 0)
+        try:
+            return train(
+                model,
+                source,
+                target,
+                cfg,
+                seed,
+                on_log=live,
+                run_key=RUN_KEYS[stage],
+                compute=compute,
+                checkpoints=checkpoints,
+                val_set=val_set,
+                on_val=live.validation if live is not None else None,
+            )
+        except Diverged as exc:
+            if not compute.main:
+                raise SystemExit(1) from None  # the main process says why, once
+            kept = "no checkpoint written"
+            if checkpoints is not None and checkpoints.saved_iteration is not None:
+                kept = f"{checkpoints.path} (iteration {checkpoints.saved_iteration}) kept"
+            raise IntradaError(f"{stage}: {exc}; no model written, {kept}") from None
 
     if not compute.main:
         run()

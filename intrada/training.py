@@ -8,6 +8,7 @@ split); the target side carries none (target-train, or the hard split).
 from __future__ import annotations
 
 import logging
+import math
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from intrada.compute import CPU, Compute, mean_across
 from intrada.config import TrainParams
 from intrada.data import EndlessBatches, SegmentationSet, loader
 from intrada.entropy import self_information
+from intrada.errors import IntradaError
 from intrada.losses import (
     SOURCE_LABEL,
     TARGET_LABEL,
@@ -42,6 +44,49 @@ log = logging.getLogger(__name__)
 SOURCE_STREAM, TARGET_STREAM = 1, 2
 # AdvEnt's discriminator optimiser: Adam with beta2 = 0.99.
 DISC_BETAS = (0.9, 0.99)
+
+
+class Diverged(IntradaError):
+    """Training met a non-finite loss, or non-finite weights after a step (a non-finite
+    gradient), at `iteration`: nothing of that state may be written."""
+
+    def __init__(self, iteration: int, total: int, what: str, lr: float):
+        self.iteration, self.total, self.what, self.lr = iteration, total, what, lr
+        super().__init__(
+            f"{what} at iteration {iteration} of {total} (lr {lr:.3g}): training diverged"
+        )
+
+
+def non_finite_loss(losses: dict[str, float]) -> str | None:
+    """`<loss name> = <value>` of the first non-finite loss, or None. The losses are
+    Python floats already (the step's `.item()` calls): no extra device work."""
+    for name, value in losses.items():
+        if not math.isfinite(value):
+            return f"{name} = {value}"
+    return None
+
+
+def agree_on_divergence(found: str | None, compute: Compute) -> str | None:
+    """Under DDP, every process stops when any one diverged (one all-reduce of a flag):
+    a process left training alone would wait forever in the next collective."""
+    if not compute.distributed:
+        return found
+    flag = torch.tensor([0.0 if found is None else 1.0], device=compute.device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    if flag.item() == 0.0:
+        return None
+    return found or "a non-finite value on another process"
+
+
+def non_finite_weights(model: nn.Module) -> str | None:
+    """`weights <name> = nan` of the first non-finite parameter or buffer, or None.
+    Checked before a checkpoint or model file is written (a pass over the weights: every
+    `checkpoint_every` iterations, not every step), so that a non-finite gradient with
+    finite losses is never saved either."""
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            return f"weights {name} = {tensor[~torch.isfinite(tensor)].flatten()[0].item()}"
+    return None
 
 
 def poly_lr(base_lr: float, it: int, total: int, power: float) -> float:
@@ -369,6 +414,10 @@ def train(
     logged curves are replayed through `on_log` and `on_val` first, and the best
     snapshot so far comes back with it) and a new one is written when due; the result
     is bit-identical on the CPU to a run that was never interrupted.
+
+    A non-finite loss stops training at that iteration (every process, under DDP), and
+    non-finite weights at the next checkpoint or at the end: `Diverged` is raised before
+    anything of that state is written, so the last checkpoint written stays as it was.
     """
     if cfg.method != "source_only" and target is None:
         raise ValueError(f"method {cfg.method} needs a target set")
@@ -418,6 +467,9 @@ def train(
     for it in bar:
         step.set_iteration(it)
         losses = step(next(src_iter), next(trg_iter) if trg_iter is not None else None)
+        diverged = agree_on_divergence(non_finite_loss(losses), compute)
+        if diverged is not None:
+            raise Diverged(it + 1, cfg.iterations, diverged, step.optimizer.param_groups[0]["lr"])
         for key, value in losses.items():
             window.setdefault(key, []).append(value)
         last = it + 1 == cfg.iterations
@@ -447,6 +499,11 @@ def train(
                     on_val(it + 1, miou)
             if compute.distributed:
                 dist.barrier()  # the other processes wait for the main one's validation
+        if (checkpoints is not None and checkpoints.due(it + 1, cfg.iterations)) or last:
+            bad_weights = agree_on_divergence(non_finite_weights(model), compute)
+            if bad_weights is not None:
+                lr = step.optimizer.param_groups[0]["lr"]
+                raise Diverged(it + 1, cfg.iterations, bad_weights, lr)
         if checkpoints is not None and compute.main and checkpoints.due(it + 1, cfg.iterations):
             checkpoints.save(snapshot(step, it + 1, window, history, selection), complete=last)
     if cfg.select == "best_val" and compute.main and selection.best_state is not None:

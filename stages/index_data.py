@@ -1,7 +1,8 @@
 """Stage index_data: index the source and target dataset trees in place (nothing is
 copied) into the tables every later stage reads, after a validation pass that stops on
-a missing root, a wrong layout, an image without its label, a label of another size or
-an unreadable file."""
+a missing root, a wrong layout, an image without its label, a label of another size
+(or handles it by data.size_mismatch), a label value outside its encoding or an
+unreadable file. compute.num_workers processes read the files."""
 
 import argparse
 import logging
@@ -21,13 +22,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="folder for the index tables")
     args = parser.parse_args()
-    data = get(read_params(), "data")
+    raw = read_params()
+    data = get(raw, "data")
     decode = data.verify == "decode"
+    workers = get(raw, "compute").num_workers
     # Index everything first (cheap), so a wrong root fails before the slower pass.
     source = index_source(data.name, data.source_root)
     target_train = index_cityscapes(data.target_root, "train")
     target_val = index_cityscapes(data.target_root, "val")
-    checked, mismatched = check_pairs(source, decode, data.size_mismatch)
+    checked, mismatched = check_pairs(source, decode, data.size_mismatch, workers)
     outcome = {"drop": "left out", "resize": "kept, image and label resized independently"}
     log.info(
         "%d source pairs whose label size differs from the image (data.size_mismatch: %s)%s",
@@ -36,8 +39,8 @@ def main() -> None:
         f": {outcome[data.size_mismatch]}" if mismatched else "",
     )
     # Target labels are never resized against their images: any mismatch stops.
-    check_pairs(target_train, decode)
-    check_pairs(target_val, decode)
+    check_pairs(target_train, decode, workers=workers)
+    check_pairs(target_val, decode, workers=workers)
     with atomic_path(args.out) as out:
         out.mkdir()
         write_parquet(out / "source.parquet", checked[LABELLED])

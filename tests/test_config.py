@@ -225,3 +225,27 @@ def test_pretrained_init_needs_the_weights_file(tmp_path, params):
         check(tmp_path, params)
     (tmp_path / "resnet101.pth").write_bytes(b"")
     check(tmp_path, params)
+
+
+@pytest.mark.parametrize("section", ["source_only", "inter", "intra"])
+def test_init_file_starts_from_an_existing_file_and_alone_allows_zero_iterations(
+    tmp_path, params, section
+):
+    params[section]["iterations"] = 0
+    with pytest.raises(ParamsError, match=rf"{section}\.iterations = 0 .* 0 only with"):
+        check(tmp_path, params)
+    params[section]["init"] = "file"
+    # The placeholder (the params stamp) names no file to start from.
+    with pytest.raises(ParamsError, match=rf"{section}\.init_file = 'data/params.ok' .* the model"):
+        check(tmp_path, params)
+    params[section]["init_file"] = str(tmp_path / "released.pth")
+    with pytest.raises(ParamsError, match=rf"{section}\.init_file = .* an existing model file"):
+        check(tmp_path, params)
+    (tmp_path / "released.pth").write_bytes(b"")
+    check(tmp_path, params)
+
+
+def test_an_init_file_is_a_dependency_so_it_must_exist_even_when_unused(tmp_path, params):
+    params["inter"]["init_file"] = str(tmp_path / "gone.pth")  # inter.init: source_only
+    with pytest.raises(ParamsError, match=r"inter\.init_file = .* data/params.ok when inter"):
+        check(tmp_path, params)

@@ -41,7 +41,8 @@ def resnet101_file(tmp_path_factory, resnet101_state):
 
 @pytest.fixture
 def save(tmp_path):
-    """torch.save into tmp_path, deleting the (large) files after the test."""
+    """torch.save into tmp_path, deleting the (large) files after the test (and any
+    other file appended to `save.paths`)."""
     paths = []
 
     def _save(obj, name):
@@ -49,9 +50,10 @@ def save(tmp_path):
         torch.save(obj, paths[-1])
         return paths[-1]
 
+    _save.paths, _save.directory = paths, tmp_path
     yield _save
     for path in paths:
-        path.unlink()
+        path.unlink(missing_ok=True)
 
 
 def deeplab_layout(state):
@@ -341,3 +343,144 @@ def test_pretrained_init_loads_the_backbone_and_trains_with_10x_heads(
     assert set(losses) == {"loss_seg_src_main", "loss_seg_src_aux"}
     assert torch.equal(model.backbone.bn1.running_mean, bn_before)
     assert not torch.equal(model.backbone.conv1.weight, resnet101_state["conv1.weight"])
+
+
+# --- released networks (init: file) --------------------------------------------------
+
+
+def released_layout(state):
+    """A trained network as the released AdvEnt / IntraDA code saves it
+    (`torch.save(model.state_dict())` of its ResNetMulti): the backbone's names without
+    prefix, `layer5` = the ASPP classifier on layer3 (our aux head), `layer6` = the one on
+    layer4 (our main head). Written out here, independently of the loader's table."""
+    renamed = {}
+    for key, value in state.items():
+        if key.startswith("backbone."):
+            renamed[key.removeprefix("backbone.")] = value
+        elif key.startswith("aux_classifier.branches."):
+            renamed["layer5.conv2d_list." + key.removeprefix("aux_classifier.branches.")] = value
+        elif key.startswith("main_classifier.branches."):
+            renamed["layer6.conv2d_list." + key.removeprefix("main_classifier.branches.")] = value
+        else:
+            raise AssertionError(key)
+    return renamed
+
+
+@pytest.fixture(scope="module")
+def trained_deeplab():
+    """A DeepLab-v2 (Caffe geometry) with random weights and running statistics, as a
+    trained network would have non-trivial ones."""
+    torch.manual_seed(3)
+    model = DeepLabV2(19, "deeplab", align_corners=True)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.normal_(0, 0.1)
+                module.running_var.uniform_(0.5, 2.0)
+                module.num_batches_tracked.fill_(1000)
+    return model.eval()
+
+
+RELEASED_PARAMS = ModelParams(name="deeplabv2", align_corners=True, weights_format="deeplab")
+
+
+def test_a_released_state_dict_loads_as_the_same_network(trained_deeplab, save):
+    from intrada.checkpoint import model_meta, save_model
+    from intrada.runs import arch_config, start_file_model
+
+    classes = dataset_classes("gta5")
+    state = trained_deeplab.state_dict()
+    released = released_layout(state)
+    assert "layer6.conv2d_list.3.bias" in released and "layer4.2.bn3.running_var" in released
+    released_path = save(released, "gta2cityscapes_advent.pth")
+    # The same weights the usual way: a model file this pipeline writes.
+    ours_path = save.directory / "model.pt"
+    meta = model_meta(
+        arch="deeplabv2",
+        arch_config=arch_config(RELEASED_PARAMS),
+        classes=classes,
+        stage="inter",
+        params={},
+        init_from=None,
+    )
+    save_model(ours_path, trained_deeplab, meta)
+    save.paths.append(ours_path)
+
+    from_released, origin = start_file_model(RELEASED_PARAMS, classes, released_path)
+    from_ours, ours_origin = start_file_model(RELEASED_PARAMS, classes, ours_path)
+    assert origin["stage"] == "released" and ours_origin["stage"] == "inter"
+    assert len(origin["sha256"]) == 64
+    loaded = from_released.state_dict()
+    assert loaded.keys() == state.keys()
+    assert all(torch.equal(loaded[k], v) for k, v in state.items())
+    image = torch.rand(1, 3, 48, 80, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = trained_deeplab(image)
+        for model in (from_released.eval(), from_ours.eval()):
+            for got, want in zip(model(image), expected, strict=True):
+                assert torch.equal(got, want)
+
+
+def without(state, key):
+    return {k: v for k, v in state.items() if k != key}
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (
+            lambda s: {f"module.{k}": v for k, v in s.items()},
+            r"unexpected key module\.conv1\.weight; expected a released",
+        ),
+        (
+            lambda s: {f"Scale.{k}": v for k, v in s.items()},
+            r"unexpected key Scale\.conv1\.weight \(an ImageNet file\? .*init: pretrained\)",
+        ),
+        (
+            lambda s: without(s, "layer6.conv2d_list.2.weight"),
+            r"key layer6\.conv2d_list\.2\.weight missing",
+        ),
+        (
+            lambda s: {**s, "layer6.conv2d_list.0.bias": torch.zeros(16)},
+            r"layer6\.conv2d_list\.0\.bias has shape \(16,\) in the file but \(19,\) in the "
+            r"model \(19 classes\)",
+        ),
+        (
+            lambda s: {k.replace("downsample.0", "downsample.conv"): v for k, v in s.items()},
+            r"unexpected key layer1\.0\.downsample\.conv\.weight",
+        ),
+    ],
+)
+def test_another_layout_is_refused_naming_the_file_and_the_first_offending_key(
+    trained_deeplab, change, message
+):
+    from intrada.models.deeplabv2 import load_released
+
+    state = change(released_layout(trained_deeplab.state_dict()))
+    model = DeepLabV2(19, "deeplab", align_corners=True)
+    before = model.backbone.conv1.weight.clone()
+    with pytest.raises(IntradaError, match=message) as exc_info:
+        load_released(model, state, "weights/other.pth")
+    assert_one_line_naming(exc_info, "weights/other.pth")
+    assert torch.equal(model.backbone.conv1.weight, before)  # nothing half-loaded
+
+
+def test_old_files_without_step_counters_load(trained_deeplab):
+    from intrada.models.deeplabv2 import load_released
+
+    state = released_layout(trained_deeplab.state_dict())
+    state = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
+    model = DeepLabV2(19, "deeplab", align_corners=True)
+    load_released(model, state, "old.pth")
+    assert torch.equal(
+        model.main_classifier.branches[1].weight, state["layer6.conv2d_list.1.weight"]
+    )
+
+
+def test_a_released_network_needs_the_deeplab_weights_format(trained_deeplab, save):
+    from intrada.runs import start_file_model
+
+    path = save(released_layout(trained_deeplab.state_dict()), "released.pth")
+    params = ModelParams(name="deeplabv2", align_corners=True, weights_format="torchvision")
+    with pytest.raises(IntradaError, match=r"needs model.name deeplabv2 with weights_format "):
+        start_file_model(params, dataset_classes("gta5"), path)

@@ -137,3 +137,65 @@ def test_cuda_asked_for_without_a_gpu_is_one_line():
     assert (compute.device.type, compute.amp, compute.channels_last) == ("cpu", False, False)
     assert compute.compile  # torch.compile works on the CPU too
     assert compute.main and not compute.distributed
+
+
+def test_two_processes_stop_together_when_training_diverges(project):
+    # Every process learns of a non-finite loss through one all-reduce per step, so
+    # none is left waiting in a collective; the main process says why, once.
+    directory, params = project
+    params = {**params, "inter": {**params["inter"], "batch_size": 1, "lr": 1.0e6}}
+    params["inter"]["iterations"] = 50
+    params["compute"] = {**params["compute"], "nproc": 2}
+    write_params(directory, params)
+    (directory / "models/inter/model.pt").unlink(missing_ok=True)
+    words = shlex.split(dvc_stages()["train_inter"]["cmd"])
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, *words[1:]],
+        cwd=directory,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: inter:")]
+    assert len(errors) == 1, result.stderr[-3000:]
+    assert " at iteration " in errors[0] and "training diverged; no model written" in errors[0]
+    assert not (directory / "models/inter/model.pt").exists()
+
+
+def _agree(rank: int, port: int, found: str | None, out: Path) -> None:
+    import torch.distributed as dist
+
+    from intrada.compute import Compute
+    from intrada.training import agree_on_divergence
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    compute = Compute(torch.device("cpu"), False, False, 0, rank=rank, world=2)
+    (out / f"{rank}.txt").write_text(repr(agree_on_divergence(found, compute)))
+    dist.destroy_process_group()
+
+
+def test_a_divergence_on_one_process_stops_both():
+    # The test above diverges on both processes at once; here only process 1 sees a
+    # non-finite loss, and process 0 must learn it from the all-reduce.
+    import multiprocessing
+    import socket
+    import tempfile
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp)
+        context = multiprocessing.get_context("spawn")
+        found = {0: None, 1: "loss_seg_src_main = nan"}
+        workers = [context.Process(target=_agree, args=(r, port, found[r], out)) for r in (0, 1)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join(120)
+        assert [w.exitcode for w in workers] == [0, 0]
+        assert (out / "0.txt").read_text() == repr("a non-finite value on another process")
+        assert (out / "1.txt").read_text() == repr("loss_seg_src_main = nan")

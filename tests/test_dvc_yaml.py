@@ -70,6 +70,17 @@ def test_declared_code_dependencies_exist():
                 assert (REPO / dep).exists(), f"{name}: {dep}"
 
 
+def test_each_training_stage_depends_on_its_init_file():
+    # Replacing the file a section starts from (init: file) must re-run its stage; with
+    # another init the dependency is the params stamp every stage has anyway.
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["inter"].update(init="file", init_file="weights/advent.pth")
+    stages = dvc_stages(params)
+    assert "weights/advent.pth" in stages["train_inter"]["deps"]
+    for name in ("train_source_only", "train_intra"):
+        assert stages[name]["deps"].count("data/params.ok") == 2, name
+
+
 def test_every_named_plot_can_be_shown_alone():
     """`dvc plots show <id>` matches ids as regular expressions: an id with brackets or
     other special characters could not be asked for by itself."""

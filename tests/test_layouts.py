@@ -5,8 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
+from PIL import Image
 
 from intrada.classes import (
     CITYSCAPES_ID,
@@ -168,14 +170,21 @@ def test_validation_pass_names_a_corrupt_file(tmp_path):
     assert "\n" not in str(info.value)
 
 
-def test_decoding_pass_finds_a_truncated_file_the_header_pass_misses(tmp_path):
+@pytest.mark.parametrize("decode", [False, True])
+@pytest.mark.parametrize("damage", ["truncated", "bit_flip"])
+def test_both_passes_find_a_truncated_or_corrupted_image(tmp_path, decode, damage):
+    # The header pass checks every PNG chunk's checksum: an intact header is not enough.
     table = index_gta5(write_gta5(tmp_path / "GTA5"))
     path = tmp_path / "GTA5/images/00001.png"
-    save(path, rgb(96, 48, seed=0))
-    path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
-    check_pairs(table, decode=False)  # the header is intact
-    with pytest.raises(IntradaError, match=r"images/00001.png: unreadable image"):
-        check_pairs(table, decode=True)
+    data = bytearray(path.read_bytes())
+    if damage == "truncated":
+        data = data[: len(data) // 2]
+    else:
+        data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(IntradaError, match=r"images/00001.png: unreadable image") as info:
+        check_pairs(table, decode=decode)
+    assert "\n" not in str(info.value)
 
 
 def test_an_rgb_label_is_refused(tmp_path):
@@ -220,13 +229,25 @@ def test_synthia_ids_out_of_range_are_refused(tmp_path):
         read_label(path, SYNTHIA_ID)
 
 
-def test_decoding_pass_finds_out_of_range_label_values(tmp_path):
+@pytest.mark.parametrize("decode", [False, True])
+def test_both_passes_decode_labels_and_find_out_of_range_values(tmp_path, decode):
     table = index_gta5(write_gta5(tmp_path / "GTA5"))
     label = np.full((48, 96), 200, np.uint8)
     save(tmp_path / "GTA5/labels/00002.png", label)
-    check_pairs(table, decode=False)  # headers cannot tell
     with pytest.raises(IntradaError, match=r"labels/00002.png: label value 200 is out of range"):
-        check_pairs(table, decode=True)
+        check_pairs(table, decode=decode)
+
+
+def test_processes_find_the_first_bad_file_in_table_order(tmp_path):
+    table = index_gta5(write_gta5(tmp_path / "GTA5", count=20, size=(32, 16)))
+    for name in ("00007.png", "00015.png"):
+        save(tmp_path / "GTA5/labels" / name, np.full((16, 32), 40, np.uint8))
+    with pytest.raises(IntradaError, match=r"labels/00007.png: label value 40"):
+        check_pairs(table, decode=False, workers=2)
+    save(tmp_path / "GTA5/labels/00007.png", np.zeros((8, 32), np.uint8))
+    save(tmp_path / "GTA5/labels/00015.png", np.zeros((16, 32), np.uint8))
+    kept, mismatched = check_pairs(table, decode=False, size_mismatch="drop", workers=2)
+    assert mismatched == 1 and "00007" not in kept["image_id"].tolist() and len(kept) == 19
 
 
 def test_resized_pairs_of_mismatched_sizes_train_at_the_source_size(tmp_path):
@@ -239,3 +260,84 @@ def test_resized_pairs_of_mismatched_sizes_train_at_the_source_size(tmp_path):
     dataset = SegmentationSet(kept, dataset_classes("gta5"), Path("."), True, size=(64, 32))
     sample = dataset[(2, False)]
     assert sample["image"].shape == (3, 32, 64) and sample["label"].shape == (32, 64)
+
+
+# --- index_data with a profile's settings ----------------------------------------------
+
+
+def profile_project(tmp_path: Path, profile: str = "gta5_cityscapes") -> tuple[Path, dict]:
+    """A project folder whose params are the profile's (verify: header, size_mismatch:
+    resize, 4 processes reading), pointed at small fixture trees in the real layouts."""
+    import yaml
+
+    from tests.conftest import REPO, write_params
+
+    params = yaml.safe_load((REPO / "profiles" / f"{profile}.yaml").read_text())
+    trees = tmp_path / "trees"
+    write_gta5(trees / "GTA5", count=4)
+    write_cityscapes(trees / "cityscapes", {"train": 3, "val": 2}, size=(96, 48))
+    params["data"].update(source_root=str(trees / "GTA5"), target_root=str(trees / "cityscapes"))
+    project = tmp_path / "project"
+    project.mkdir()
+    write_params(project, params)
+    return project, params
+
+
+def cityscapes_file(root: Path, split: str, kind: str) -> Path:
+    suffix = "_leftImg8bit.png" if kind == "image" else "_gtFine_labelIds.png"
+    folder = "leftImg8bit" if kind == "image" else "gtFine"
+    return sorted((root / folder / split).rglob(f"*{suffix}"))[-1]
+
+
+@pytest.mark.parametrize("where", ["source", "train", "val"])
+@pytest.mark.parametrize("kind", ["image", "label"])
+def test_index_data_stops_on_a_bad_file_anywhere_with_one_line(tmp_path, where, kind):
+    # With the profile's settings: an unreadable (truncated) image, or a label value
+    # outside its encoding, in any of the three sets.
+    from tests.pipeline import run_stage
+
+    project, params = profile_project(tmp_path)
+    trees = Path(params["data"]["source_root"]).parent
+    if where == "source":
+        bad = trees / "GTA5" / ("images" if kind == "image" else "labels") / "00003.png"
+    else:
+        bad = cityscapes_file(trees / "cityscapes", where, kind)
+    if kind == "image":
+        bad.write_bytes(bad.read_bytes()[:-40])  # the header intact, the end cut off
+        expected = "unreadable image"
+    else:
+        label = np.array(Image.open(bad))
+        label[2, 3] = 34  # Cityscapes label ids run 0-33
+        save(bad, label)
+        expected = "label value 34 is out of range for cityscapes_id labels"
+    with pytest.raises(IntradaError) as info:
+        run_stage("index_data", project)
+    message = str(info.value)
+    assert message.startswith(f"{bad}: {expected}") and "\n" not in message
+    assert not (project / "data/index").exists()
+
+
+@pytest.mark.parametrize("policy, kept", [("stop", None), ("drop", 3), ("resize", 4)])
+def test_index_data_counts_size_mismatches_under_each_policy(tmp_path, caplog, policy, kept):
+    import logging
+
+    from tests.conftest import write_params
+    from tests.pipeline import run_stage
+
+    project, params = profile_project(tmp_path)
+    label = Path(params["data"]["source_root"]) / "labels/00002.png"
+    save(label, np.zeros((40, 96), np.uint8))
+    params["data"]["size_mismatch"] = policy
+    params["compute"]["num_workers"] = 0  # the policy, not the processes, is tested here
+    write_params(project, params)
+    if policy == "stop":
+        with pytest.raises(IntradaError, match=r"labels/00002.png: label is 96x40 but its image"):
+            run_stage("index_data", project)
+        return
+    with caplog.at_level(logging.INFO, logger="index_data"):
+        run_stage("index_data", project)
+    assert (
+        f"1 source pairs whose label size differs from the image (data.size_mismatch: {policy})"
+        in (caplog.text)
+    )
+    assert len(pd.read_parquet(project / "data/index/source.parquet")) == kept

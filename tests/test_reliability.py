@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -152,3 +154,66 @@ def test_model_files_load_safely(tmp_path):
     with pytest.raises(IntradaError, match=r"model.pt: not a readable model file") as info:
         load_model(path)  # weights_only=True refuses to run the pickled call
     assert "\n" not in str(info.value)
+
+
+DIVERGED = re.compile(
+    r"error: inter: (loss_\w+) = (nan|inf|-inf) at iteration (\d+) of 200 \(lr [^)]+\): "
+    r"training diverged; no model written, checkpoints/inter/last\.pt \(iteration (\d+)\) kept"
+)
+
+
+def test_a_diverging_run_stops_at_its_first_non_finite_loss(project, tmp_path):
+    directory = copy_project(project, tmp_path / "diverging")
+    (directory / "models/inter/model.pt").unlink(missing_ok=True)  # as DVC does first
+    params = tiny_params()
+    params["inter"].update(iterations=200, batch_size=2, log_every=1, checkpoint_every=1, lr=1.0e6)
+    write_params(directory, params)
+    command, env = inter_command(directory)
+    result = subprocess.run(command, cwd=directory, env=env, capture_output=True, text=True)
+    assert result.returncode == 1
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, result.stderr[-3000:]
+    match = DIVERGED.fullmatch(errors[0])
+    assert match, errors[0]
+    iteration, kept = int(match[3]), int(match[4])
+    assert not (directory / "models/inter/model.pt").exists()
+    # The checkpoint of the iteration before: written before the divergence, not after.
+    state = torch.load(directory / "checkpoints/inter" / FILE_NAME, weights_only=True)
+    assert state["iteration"] == kept == iteration - 1 and not state["complete"]
+    weights = [v for v in state["model"].values() if v.is_floating_point()]
+    assert all(bool(torch.isfinite(v).all()) for v in weights)
+    logged = [means for _, means in state["history"]]
+    assert len(logged) == iteration - 1  # every iteration before was logged, and finite
+    assert all(math.isfinite(v) for means in logged for v in means.values())
+
+
+def test_non_finite_weights_with_finite_losses_are_never_checkpointed(project, monkeypatch):
+    # A non-finite gradient leaves the losses of its own step finite: the weights are
+    # checked before each checkpoint, so the step of iteration 10 (a checkpoint is due)
+    # stops the run and the checkpoint of iteration 5 stays.
+    from intrada.training import AdaptationStep
+
+    directory = project
+    original = AdaptationStep.__call__
+    calls = []
+
+    def poisoned(self, src, trg):
+        losses = original(self, src, trg)
+        calls.append(1)
+        if len(calls) == 10:
+            with torch.no_grad():
+                next(self.model.parameters()).fill_(float("nan"))
+        return losses
+
+    monkeypatch.setattr(AdaptationStep, "__call__", poisoned)
+    shutil.rmtree(directory / "checkpoints/inter", ignore_errors=True)
+    (directory / "models/inter/model.pt").unlink(missing_ok=True)  # as DVC does first
+    with pytest.raises(IntradaError) as info:
+        run_stage("train_inter", directory)
+    message = str(info.value)
+    assert message.startswith("inter: weights ") and " = nan at iteration 10 of 200" in message
+    assert message.endswith("checkpoints/inter/last.pt (iteration 5) kept")
+    state = torch.load(directory / "checkpoints/inter" / FILE_NAME, weights_only=True)
+    assert state["iteration"] == 5
+    assert not (directory / "models/inter/model.pt").exists()
+    shutil.rmtree(directory / "checkpoints/inter")

@@ -27,6 +27,13 @@ backbone tensor must be present with the model's shape, and nothing else but the
 heads may be there. A file whose layout shows (`Scale.` or `layer5.*`: DeepLab; `fc.*`:
 torchvision) must match the model's `weights_format`. The classifiers always keep their
 initialisation.
+
+`load_released` loads a whole trained network saved as the released AdvEnt / IntraDA
+code saves its snapshots (`torch.save(model.state_dict())` of its `ResNetMulti`): the
+Caffe-converted backbone's names without prefix (`conv1.weight`, `bn1.*`,
+`layer1.0.conv1.weight`, ..., `layer4.*`, running statistics included), and its two
+ASPP classifiers as `layer5.conv2d_list.{0..3}.{weight,bias}` (on layer3: our `aux`
+head) and `layer6.conv2d_list.{0..3}.{weight,bias}` (on layer4: our `main` head).
 """
 
 from __future__ import annotations
@@ -80,6 +87,7 @@ class DeepLabV2(nn.Module):
             )
         self.weights_format = weights_format
         self.align_corners = align_corners
+        self.num_classes = num_classes
         backbone = resnet101(weights=None, replace_stride_with_dilation=[False, True, True])
         # Only the convolutional trunk is used.
         del backbone.avgpool, backbone.fc
@@ -126,9 +134,96 @@ class DeepLabV2(nn.Module):
         return [(trunk, 1.0), (heads, 10.0)]
 
 
+# The released networks' names for our modules (`load_released`).
+RELEASED_HEADS = (
+    ("layer5.conv2d_list.", "aux_classifier.branches."),
+    ("layer6.conv2d_list.", "main_classifier.branches."),
+)
+RELEASED_BACKBONE = ("conv1.", "bn1.", "layer1.", "layer2.", "layer3.", "layer4.")
+RELEASED_EXPECTED = (
+    "expected a released AdvEnt / IntraDA DeepLab-v2 state dict (conv1.weight, bn1.*, "
+    "layer1-4.*, layer5.conv2d_list.* = aux head, layer6.conv2d_list.* = main head) or a "
+    "model file written by this pipeline"
+)
+
+
+def _released_name(key: str) -> str | None:
+    """Our state-dict name of a released network's tensor; None if it has none."""
+    for theirs, ours in RELEASED_HEADS:
+        if key.startswith(theirs):
+            return ours + key.removeprefix(theirs)
+    if key.startswith(RELEASED_BACKBONE):
+        return "backbone." + key
+    return None
+
+
+def _their_name(name: str) -> str:
+    """The released network's name of one of our tensors."""
+    for theirs, ours in RELEASED_HEADS:
+        if name.startswith(ours):
+            return theirs + name.removeprefix(ours)
+    return name.removeprefix("backbone.")
+
+
+def load_released(model: DeepLabV2, state: dict[str, torch.Tensor], path: str | Path) -> None:
+    """Load a released network's state dict (module docstring) into `model`, every
+    tensor of it: backbone, BatchNorm running statistics and both classifiers.
+
+    Raises IntradaError, one line naming the file and the first offending key (in the
+    file's order; a missing one in the model's), when a key has no place in the model,
+    a tensor has another shape (say another number of classes), or a tensor is missing;
+    `num_batches_tracked` may be missing (files from PyTorch < 0.4.1). Nothing is loaded
+    then.
+    """
+    if model.weights_format != "deeplab":
+        raise IntradaError(
+            f"{path}: a released DeepLab-v2 network needs weights_format 'deeplab' (its "
+            f"Caffe geometry and input normalisation); the model is built with "
+            f"{model.weights_format!r}"
+        )
+    own = model.state_dict()
+    mapped: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        name = _released_name(key)
+        if name is None or name not in own:
+            hint = ""
+            if key.startswith(DEEPLAB_PREFIX):
+                hint = " (an ImageNet file? It starts a backbone: init: pretrained)"
+            raise IntradaError(f"{path}: unexpected key {key}{hint}; {RELEASED_EXPECTED}")
+        if value.shape != own[name].shape:
+            raise IntradaError(
+                f"{path}: {key} has shape {tuple(value.shape)} in the file but "
+                f"{tuple(own[name].shape)} in the model ({model.num_classes} classes); "
+                f"{RELEASED_EXPECTED}"
+            )
+        mapped[name] = value
+    for name in own:
+        if name not in mapped and not name.endswith("num_batches_tracked"):
+            raise IntradaError(f"{path}: key {_their_name(name)} missing; {RELEASED_EXPECTED}")
+    model.load_state_dict({**own, **mapped})
+
+
 def _listed(keys: list[str], limit: int = 3) -> str:
     shown = ", ".join(keys[:limit])
     return shown + (", ..." if len(keys) > limit else "")
+
+
+def _is_state_dict(obj) -> bool:
+    return (
+        isinstance(obj, dict)
+        and bool(obj)
+        and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
+    )
+
+
+def state_dict_of(blob) -> dict[str, torch.Tensor] | None:
+    """The dict of tensors in a loaded file: the file itself, or its `state_dict` or
+    `model` entry; None if there is none."""
+    if _is_state_dict(blob):
+        return blob
+    if isinstance(blob, dict):
+        return next((blob[k] for k in ("state_dict", "model") if _is_state_dict(blob.get(k))), None)
+    return None
 
 
 def load_pretrained(model: DeepLabV2, path: str | Path) -> list[str]:
@@ -146,17 +241,8 @@ def load_pretrained(model: DeepLabV2, path: str | Path) -> list[str]:
         raise IntradaError(
             f"{path}: not a readable weights file ({load_failure(exc)}); {EXPECTED}"
         ) from exc
-
-    def is_state_dict(obj) -> bool:
-        return (
-            isinstance(obj, dict)
-            and bool(obj)
-            and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
-        )
-
-    if isinstance(blob, dict) and not is_state_dict(blob):
-        blob = next((blob[k] for k in ("state_dict", "model") if is_state_dict(blob.get(k))), blob)
-    if not is_state_dict(blob):
+    blob = state_dict_of(blob)
+    if blob is None:
         raise IntradaError(f"{path}: not a dict of tensors; {EXPECTED}")
 
     state: dict[str, torch.Tensor] = {}
