@@ -39,9 +39,12 @@ plots: $(INSTALLED)
 lint: $(INSTALLED)
 	$(RUN) ruff check . && $(RUN) ruff format --check .
 
-# Seeds 0-2 with both controls and the lambda sweep: about 40 minutes on 2 CPU cores.
+# Seeds 0-5, each with its controls (source-only trained as long as the pipeline, intra
+# without its adversarial term, the target-supervised oracle) and the bootstrap noise
+# table, two seeds at a time on one thread each: about 2 hours on 2 CPU cores. The lambda
+# sweep: `python -m benchmarks.method_gain --lambdas 0.33 0.67 1.0`.
 method-gain: $(INSTALLED)
-	$(RUN) python -m benchmarks.method_gain
+	$(RUN) python -m benchmarks.method_gain --lambdas --jobs 2
 
 # Speed: training step vs reference-style loop, inference overhead, ranking, no-op repro.
 bench: $(INSTALLED)
