@@ -20,7 +20,13 @@ from typing import Any, Literal, Union
 
 import yaml
 
-from intrada.classes import dataset_classes
+from intrada.classes import (
+    CITYSCAPES_ID,
+    TABLE_ENCODING,
+    ClassSet,
+    dataset_classes,
+    read_class_table,
+)
 from intrada.errors import IntradaError
 
 PARAMS_FILE = "params.yaml"
@@ -39,20 +45,50 @@ def _fail(key: str, value: Any, expected: str) -> typing.NoReturn:
 
 # The embedded benchmark's folders: `generate_data` writes them, `index_data` reads them.
 SYNTHETIC_ROOTS = {"source_root": "data/synthetic/source", "target_root": "data/synthetic/target"}
+# A file key's value when there is no such file: dvc.yaml declares every such key as a
+# dependency, and a dependency must exist. This is the stamp of check_params, which every
+# stage already depends on and which stays constant while params are valid.
+NO_FILE = "data/params.ok"
+# The target's folders in the Cityscapes layout, under data.target_root.
+CITYSCAPES_TARGET = {
+    "target_train": "leftImg8bit/train",
+    "target_train_labels": "gtFine/train",
+    "target_val_images": "leftImg8bit/val",
+    "target_val_labels": "gtFine/val",
+}
+TARGET_PATHS = tuple(CITYSCAPES_TARGET)
 
 
 @dataclass(frozen=True)
 class DataParams:
-    """The datasets: a labelled source adapted to a Cityscapes-layout target.
+    """The datasets: a labelled source adapted to a target.
 
     `name` is the source dataset: `synthetic` (the embedded benchmark, which the pipeline
-    generates under data/synthetic), `gta5` or `synthia` (read in place from their roots).
-    It picks the source layout and the class set.
+    generates under data/synthetic), `gta5`, `synthia` or `synscapes` (read in place from
+    their roots). It picks the source layout and the built-in class table.
+
+    The target is in the Cityscapes layout (`target_layout: cityscapes`, under
+    `target_root`) or a folder tree of your own images (`folder`). Either way the four
+    target keys name the folders stages read (dvc.yaml declares them as dependencies):
+    for Cityscapes, the usual subfolders of `target_root`; for a folder, target-train's
+    images, and optionally labels of target-train (ranking diagnostics only) and a
+    labelled target-val (images and label PNGs matched by place and name), each `NO_FILE`
+    when there is none.
+
+    `classes` is `builtin` (the table of `name`; `class_table` is `NO_FILE`) or `table`
+    (the class table file `class_table`, `intrada.classes.read_class_table`).
     """
 
-    name: Literal["synthetic", "gta5", "synthia"]
-    source_root: str  # folder of the source dataset (GTA5 or SYNTHIA layout)
-    target_root: str  # folder of the Cityscapes layout (leftImg8bit/, gtFine/)
+    name: Literal["synthetic", "gta5", "synthia", "synscapes"]
+    source_root: str  # folder of the source dataset (in its layout)
+    target_layout: Literal["cityscapes", "folder"]
+    target_root: str | None  # the Cityscapes root (leftImg8bit/, gtFine/); null for a folder
+    target_train: str  # unlabelled target-train images
+    target_train_labels: str  # their labels (diagnostics only), or NO_FILE
+    target_val_images: str  # labelled target-val: images ...
+    target_val_labels: str  # ... and their labels; both NO_FILE when there is none
+    classes: Literal["builtin", "table"]
+    class_table: str  # the class table file when classes is table; else NO_FILE
     source_size: tuple[int, ...]  # (width, height) source images are resized to
     target_size: tuple[int, ...]  # (width, height) target images are resized to
     # The validation pass (index_data): labels are always decoded; images are checked
@@ -62,6 +98,20 @@ class DataParams:
     # file), `drop` (left out) or `resize` (kept: image and label are each resized to
     # source_size, as the released code does with GTA5).
     size_mismatch: Literal["stop", "drop", "resize"]
+
+    @property
+    def has_target_val(self) -> bool:
+        """Whether there is a labelled target-val set (mIoU can be measured)."""
+        return self.target_val_labels != NO_FILE
+
+    @property
+    def has_target_train_labels(self) -> bool:
+        return self.target_train_labels != NO_FILE
+
+    @property
+    def target_label_set(self) -> str:
+        """The class table's label set of the target's labels."""
+        return "cityscapes" if self.target_layout == "cityscapes" else "target"
 
     def check(self, key: str) -> None:
         for name in ("source_size", "target_size"):
@@ -76,14 +126,66 @@ class DataParams:
                         getattr(self, name),
                         f"{expected} for the synthetic benchmark (where generate_data writes it)",
                     )
+            if self.target_layout != "cityscapes":
+                _fail(
+                    f"{key}.target_layout",
+                    self.target_layout,
+                    "cityscapes for the synthetic benchmark (generate_data writes that layout)",
+                )
         else:
-            for name, layout in (("source_root", self.name), ("target_root", "Cityscapes")):
-                if not Path(getattr(self, name)).is_dir():
-                    _fail(
-                        f"{key}.{name}",
-                        getattr(self, name),
-                        f"an existing folder (the {layout} root)",
-                    )
+            if not Path(self.source_root).is_dir():
+                _fail(
+                    f"{key}.source_root",
+                    self.source_root,
+                    f"an existing folder (the {self.name} root)",
+                )
+            if self.target_layout == "cityscapes" and (
+                self.target_root is None or not Path(self.target_root).is_dir()
+            ):
+                _fail(
+                    f"{key}.target_root",
+                    self.target_root,
+                    "an existing folder (the Cityscapes root)",
+                )
+        if (self.target_val_images == NO_FILE) != (self.target_val_labels == NO_FILE):
+            named = (
+                "target_val_labels" if self.target_val_images == NO_FILE else "target_val_images"
+            )
+            _fail(
+                f"{key}.{named}",
+                getattr(self, named),
+                f"{NO_FILE} like the other target_val key (a labelled target-val has both "
+                "images and labels, or neither)",
+            )
+        if self.target_layout == "folder":
+            self._check_folders(key)
+        if self.classes == "builtin" and self.class_table != NO_FILE:
+            _fail(
+                f"{key}.class_table", self.class_table, f"{NO_FILE} when {key}.classes is builtin"
+            )
+        if self.classes == "table" and (
+            self.class_table == NO_FILE or not Path(self.class_table).is_file()
+        ):
+            _fail(
+                f"{key}.class_table",
+                self.class_table,
+                f"an existing class table file when {key}.classes is table",
+            )
+
+    def _check_folders(self, key: str) -> None:
+        if self.target_root is not None:
+            _fail(
+                f"{key}.target_root",
+                self.target_root,
+                "null with target_layout folder (the folder layout names its folders in "
+                "target_train, target_train_labels, target_val_images, target_val_labels)",
+            )
+        if self.target_train == NO_FILE or not Path(self.target_train).is_dir():
+            _fail(f"{key}.target_train", self.target_train, "an existing folder of images")
+        for name in ("target_train_labels", "target_val_images", "target_val_labels"):
+            value = getattr(self, name)
+            if value != NO_FILE and not Path(value).is_dir():
+                _fail(f"{key}.{name}", value, f"an existing folder, or {NO_FILE} for none")
 
 
 @dataclass(frozen=True)
@@ -171,7 +273,7 @@ ALLOWED_INIT = {
 # dependency of its training stage (so replacing the file re-runs it), and a dependency
 # must exist: this is the stamp every training stage already depends on, constant
 # while params are valid.
-NO_INIT_FILE = "data/params.ok"
+NO_INIT_FILE = NO_FILE
 
 
 @dataclass(frozen=True)
@@ -471,9 +573,17 @@ def check_all(raw: dict[str, Any]) -> None:
             {"synthetic": "..."},
             f"{{}} when data.name is {data.name} (nothing to generate for a real dataset)",
         )
-    check_class_names(get(raw, "inference").rare_classes, data.name, "inference.rare_classes")
+    check_target_paths(data)
+    classes = class_set_of(data)
+    check_class_names(get(raw, "inference").rare_classes, classes, "inference.rare_classes")
     for name in ("source_only", "inter", "intra"):
         train = get(raw, name)
+        if train.select == "best_val" and not data.has_target_val:
+            _fail(
+                f"{name}.select",
+                train.select,
+                f"last when there is no labelled target-val (data.target_val_labels is {NO_FILE})",
+            )
         if train.init == "pretrained":
             check_pretrained(model, name)
         check_init_file(train, name)
@@ -529,12 +639,66 @@ def check_split_sizes(num_images: int, lam: float) -> None:
         )
 
 
-def check_class_names(names: tuple[str, ...], dataset: str, key: str) -> None:
-    """Every name must be a class of the dataset in use."""
-    known = dataset_classes(dataset).names
-    unknown = [n for n in names if n not in known]
+def check_class_names(names: tuple[str, ...], classes: ClassSet, key: str) -> None:
+    """Every name must be a class of the class set in use."""
+    unknown = [n for n in names if n not in classes.names]
     if unknown:
-        _fail(key, list(names), f"class names of dataset {dataset}: {', '.join(known)}")
+        origin = "the class set"
+        if classes.table is not None:
+            builtin = classes.table.builtin
+            origin = classes.table.origin if builtin else f"the class table {classes.table.origin}"
+        _fail(key, list(names), f"class names of {origin}: {', '.join(classes.names)}")
+
+
+def check_target_paths(data: DataParams) -> None:
+    """The target's folders follow its layout: the Cityscapes subfolders of target_root
+    (the synthetic benchmark's too), or folders of which none holds another (an image
+    of target-val under target-train would be adapted on; labels under an image folder
+    would be taken for images)."""
+    if data.target_layout == "cityscapes":
+        for name, sub in CITYSCAPES_TARGET.items():
+            expected = f"{data.target_root}/{sub}"
+            if Path(getattr(data, name)) != Path(expected):
+                _fail(
+                    f"data.{name}",
+                    getattr(data, name),
+                    f"{expected} (the Cityscapes layout under data.target_root)",
+                )
+        return
+    folders = {n: Path(getattr(data, n)).resolve() for n in TARGET_PATHS}
+    folders = {n: p for n, p in folders.items() if getattr(data, n) != NO_FILE}
+    for name, path in folders.items():
+        for other, other_path in folders.items():
+            if other != name and (path == other_path or other_path in path.parents):
+                _fail(
+                    f"data.{name}",
+                    getattr(data, name),
+                    f"a folder outside data.{other} ({getattr(data, other)}): each target "
+                    "folder is read as a whole",
+                )
+
+
+def class_set_of(data: DataParams) -> ClassSet:
+    """The classes of a run: the built-in table of the source dataset, or the class table
+    file, which must list the source's values of every class and, when the run reads
+    target labels, the target's."""
+    if data.classes == "builtin":
+        return dataset_classes(data.name)
+    table = read_class_table(data.class_table)
+    table.require(data.name, every_class=True)
+    if data.has_target_val or data.has_target_train_labels:
+        table.require(data.target_label_set, every_class=False)
+    return ClassSet.from_table(table)
+
+
+def label_encodings(data: DataParams) -> tuple[str | None, str]:
+    """How the source's and the target's label files are read (`intrada.classes`): the
+    layouts' own encodings with the built-in tables (the source's None: its layout's;
+    a folder target's labels in Cityscapes label ids, as gtFine's), else the class
+    table's label sets."""
+    if data.classes == "builtin":
+        return None, CITYSCAPES_ID
+    return f"{TABLE_ENCODING}{data.name}", f"{TABLE_ENCODING}{data.target_label_set}"
 
 
 def check_discriminator_depth(channels: tuple[int, ...], height: int, width: int, key: str) -> None:

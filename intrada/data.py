@@ -12,12 +12,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate
 
 from intrada.artifacts import read_member
 from intrada.classes import TRAIN_ID, ClassSet
@@ -81,6 +82,7 @@ class SegmentationSet(Dataset):
         self.encodings = list(table.get("label_encoding", [TRAIN_ID] * len(table)))
         self.size = tuple(size) if size is not None else None
         self.resize_labels = resize_labels
+        self.classes = classes
         self.num_classes = len(classes)
         self.lut = torch.from_numpy(classes.train_id_to_channel())
 
@@ -97,7 +99,7 @@ class SegmentationSet(Dataset):
             if self.label_members is not None and self.label_members[index]:
                 data = read_member(path, self.label_members[index])
                 path = f"{path}:{self.label_members[index]}"
-            label = read_label(path, self.encodings[index], data)
+            label = read_label(path, self.encodings[index], data, self.classes)
             if self.resize_labels:
                 label = resize_label(label, self.size)
             label = torch.from_numpy(np.ascontiguousarray(label))
@@ -184,6 +186,18 @@ def in_batches(indices: Sequence[int], batch_size: int) -> list[list[tuple[int, 
     ]
 
 
+def collate(samples: list[dict[str, torch.Tensor]]) -> dict[str, Any]:
+    """Samples stacked into a batch, as PyTorch's default; labels kept at their own
+    sizes (evaluation) that differ within a batch (a folder of the user's images) stay a
+    list of (H, W) tensors."""
+    labels = [s["label"] for s in samples if "label" in s]
+    if len({tuple(label.shape) for label in labels}) <= 1:
+        return default_collate(samples)
+    batch = default_collate([{k: v for k, v in s.items() if k != "label"} for s in samples])
+    batch["label"] = labels
+    return batch
+
+
 def loader(
     dataset: SegmentationSet, batches, num_workers: int = 0, pin_memory: bool = False
 ) -> DataLoader:
@@ -195,4 +209,5 @@ def loader(
         num_workers=num_workers,
         pin_memory=pin_memory,
         persistent_workers=num_workers > 0,
+        collate_fn=collate,
     )

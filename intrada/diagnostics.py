@@ -60,6 +60,16 @@ def pixel_error(cm: np.ndarray) -> float:
     return float(1.0 - np.trace(cm) / total) if total else float("nan")
 
 
+# The keys of `split_report`.
+DIAGNOSTICS = (
+    "inter_easy_mIoU",
+    "inter_hard_mIoU",
+    "score_error_spearman",
+    "pseudo_label_accuracy",
+    "pseudo_label_coverage",
+)
+
+
 def split_report(
     easy: pd.DataFrame,
     hard: pd.DataFrame,
@@ -88,7 +98,7 @@ def split_report(
     def confusion(row: pd.Series, kind: str) -> np.ndarray:
         image_id = row["image_id"]
         prediction = read_label_member(root / row[f"{kind}_path"], row.get(f"{kind}_member"))
-        label = read_label(root / truth_path[image_id], truth_encoding[image_id])
+        label = read_label(root / truth_path[image_id], truth_encoding[image_id], classes=classes)
         return image_confusion(prediction, label, classes)
 
     num = len(classes)

@@ -51,7 +51,7 @@ def predict_labels(
 
 def write_report(
     models: dict[str, nn.Module],
-    dataset: SegmentationSet,
+    dataset: SegmentationSet | None,
     classes: ClassSet,
     batch_size: int,
     num_panels: int,
@@ -63,6 +63,7 @@ def write_report(
     subsets: dict[str, tuple[str, ...]] | None = None,
     compute: Compute = CPU,
     validations: dict[str, dict | None] | None = None,
+    not_available: dict[str, str] | None = None,
 ) -> dict:
     """Evaluate every model and write, each atomically (with several processes, each
     evaluates a share of the images and the main process writes):
@@ -75,9 +76,15 @@ def write_report(
     - `iou_dir/<model>.csv`: per-class IoU rows (`class`, `IoU`) for `dvc plots`;
     - `panels_dir/val_<k>.png`: image | truth | one prediction per model | entropy of
       the last model, for the first `num_panels` images.
+
+    Without a labelled set (`dataset` None: the user's own target without labels) each
+    model's mIoU is null and the folders are written empty. `not_available` ({what:
+    why}) is written under that key, saying which numbers the report cannot give.
     """
     report, matrices = {}, {}
-    for name, model in models.items():
+    if dataset is None:
+        report = {name: {"mIoU": None} for name in models}
+    for name, model in models.items() if dataset is not None else ():
         matrices[name] = evaluate_confusion(model, dataset, batch_size, compute)
         report[name] = iou_report(matrices[name], classes, subsets)
         snapshots = snapshot_report((validations or {}).get(name), report[name]["mIoU"])
@@ -86,6 +93,8 @@ def write_report(
             report[name].update(snapshots, IoU=iou)  # per-class IoU stays last
     if diagnostics is not None:
         report["diagnostics"] = diagnostics
+    if not_available:
+        report["not_available"] = not_available
     if not compute.main:
         return report
     with atomic_path(confusion_dir) as cm_out, atomic_path(iou_dir) as iou_out:
@@ -102,7 +111,7 @@ def write_report(
     write_json(metrics_path, report)
     with atomic_path(panels_dir) as out:
         out.mkdir()
-        for k in range(min(num_panels, len(dataset))):
+        for k in range(min(num_panels, len(dataset) if dataset is not None else 0)):
             write_rgb_png(out / f"val_{k:02d}.png", val_panel(models, dataset, classes, k, compute))
     return report
 

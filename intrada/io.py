@@ -7,7 +7,6 @@ place, so a failure never leaves a half-written artifact nor touches an earlier 
 from __future__ import annotations
 
 import contextlib
-import functools
 import io
 import json
 import os
@@ -15,13 +14,16 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 from PIL import Image
 
 from intrada.errors import IntradaError
+
+if TYPE_CHECKING:
+    from intrada.classes import ClassSet
 
 
 @contextlib.contextmanager
@@ -99,32 +101,49 @@ def read_label_png(path: str | Path, data: bytes | None = None) -> np.ndarray:
         raise IntradaError(f"{path}: unreadable label image ({exc})") from exc
 
 
-def read_label(path: str | Path, encoding: str, data: bytes | None = None) -> np.ndarray:
-    """A label file of any encoding (`intrada.classes.LABEL_ENCODINGS`) as (H, W) uint8
-    train ids, 255 = ignore; with `data`, the encoded PNG (a shard member) named `path`.
-    A value the encoding cannot hold (say 200 in a Cityscapes label-id PNG: a wrong file,
-    or another dataset's labels) is an error, not ignored."""
-    from intrada.classes import SYNTHIA_ID, TRAIN_ID, label_range
+def read_label(
+    path: str | Path, encoding: str, data: bytes | None = None, classes: ClassSet | None = None
+) -> np.ndarray:
+    """A label file of any encoding (`intrada.classes.LABEL_ENCODINGS`, or
+    `table:<label set>` of a class table) as (H, W) uint8 train ids, 255 = ignore, mapped
+    through `classes` (the built-in encodings without it); with `data`, the encoded PNG
+    (a shard member) named `path`. A value the encoding does not list (say 200 in a
+    Cityscapes label-id PNG: a wrong file, or another dataset's labels; or a value the
+    class table has neither as a class nor ignored) is an error, not ignored."""
+    from intrada.classes import SYNTHIA_ID, TABLE_ENCODING, WIDE_COLUMNS, label_values
 
-    raw = read_synthia_label(path) if encoding == SYNTHIA_ID else read_label_png(path, data)
-    highest = label_range(encoding)
-    bad = raw > highest
-    if encoding == TRAIN_ID:
-        bad &= raw != 255
+    values = label_values(encoding, classes)
+    column = encoding.removeprefix(TABLE_ENCODING) if encoding.startswith(TABLE_ENCODING) else ""
+    if encoding == SYNTHIA_ID or column == "synthia":
+        raw = read_synthia_label(path)
+    elif column in WIDE_COLUMNS:
+        raw = read_label_values(path)
+    else:
+        raw = read_label_png(path, data)
+    bad = values.unknown(raw)
     if bad.any():
         value = int(raw[bad].max())
-        raise IntradaError(
-            f"{path}: label value {value} is out of range for {encoding} labels; expected "
-            f"0-{highest}{' or 255' if encoding == TRAIN_ID else ''}"
-        )
-    return _lut(encoding)[raw]
+        raise IntradaError(f"{path}: label value {value} is {values.expected}")
+    return values.lut[raw]
 
 
-@functools.cache
-def _lut(encoding: str) -> np.ndarray:
-    from intrada.classes import label_lut
-
-    return label_lut(encoding)
+def read_label_values(path: str | Path) -> np.ndarray:
+    """A single-channel 8- or 16-bit label PNG (a user's own labels) as (H, W) uint8 or
+    uint16 pixel values."""
+    try:
+        with Image.open(path) as img:
+            if img.mode in ("L", "P"):
+                return np.array(img, dtype=np.uint8)
+            if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+                array = np.array(img)
+                if array.min(initial=0) < 0 or array.max(initial=0) > 65535:
+                    raise IntradaError(f"{path}: label values outside 0-65535; expected 16-bit")
+                return array.astype(np.uint16)
+            raise IntradaError(
+                f"{path}: label mode {img.mode}; expected a single-channel 8- or 16-bit PNG"
+            )
+    except (OSError, SyntaxError) as exc:
+        raise IntradaError(f"{path}: unreadable label image ({exc})") from exc
 
 
 def read_synthia_label(path: str | Path) -> np.ndarray:
@@ -147,19 +166,34 @@ def read_synthia_label(path: str | Path) -> np.ndarray:
 
 
 def image_checked(path: str | Path) -> tuple[int, int]:
-    """(width, height) of an image file whose every chunk is intact, without decoding its
-    pixels: Pillow's `verify` reads a PNG to its end and checks each chunk's CRC, so a
-    truncated or corrupted file fails here (about 1 ms for a 3 MB GTA5 image, against
-    38 ms to decode it)."""
+    """(width, height) of an image file that is intact, as `read_rgb` returns it.
+
+    A PNG is not decoded: Pillow's `verify` reads it to its end and checks each chunk's
+    CRC, so a truncated or corrupted file fails here (about 1 ms for a 3 MB GTA5 image,
+    against 38 ms to decode it). Other formats (JPEG, WebP, TIFF, BMP) have no such
+    checksums and are decoded."""
     try:
         with Image.open(path) as img:
-            size = img.size
-            img.verify()
-        return size
+            if img.format == "PNG":
+                size = img.size
+                img.verify()
+                return size
+            img.load()
+            return _upright(img).size
     except FileNotFoundError:
         raise IntradaError(f"{path}: file not found") from None
-    except (OSError, SyntaxError) as exc:
+    except (OSError, SyntaxError, ValueError) as exc:
         raise IntradaError(f"{path}: unreadable image ({exc})") from exc
+
+
+def _upright(img: Image.Image) -> Image.Image:
+    """A photo turned as its EXIF orientation says (as viewers show it); PNGs, which the
+    datasets store without one, are taken as they are."""
+    if img.format == "PNG":
+        return img
+    from PIL import ImageOps
+
+    return ImageOps.exif_transpose(img)
 
 
 def write_rgb_png(path: str | Path, image: np.ndarray) -> None:
@@ -168,9 +202,10 @@ def write_rgb_png(path: str | Path, image: np.ndarray) -> None:
 
 
 def read_rgb(path: str | Path) -> np.ndarray:
-    """An image file as (H, W, 3) uint8 RGB."""
+    """An image file as (H, W, 3) uint8 RGB (a photo turned upright by its EXIF
+    orientation)."""
     try:
         with Image.open(path) as img:
-            return np.array(img.convert("RGB"), dtype=np.uint8)
-    except (OSError, SyntaxError) as exc:
+            return np.array(_upright(img).convert("RGB"), dtype=np.uint8)
+    except (OSError, SyntaxError, ValueError) as exc:
         raise IntradaError(f"{path}: unreadable image ({exc})") from exc

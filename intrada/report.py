@@ -140,12 +140,17 @@ MODEL_NAMES = {"source_only": "source only", "inter": "inter (AdvEnt)", "intra":
 
 def metrics_tables(metrics: dict[str, Any]) -> str:
     """mIoU per model (with the snapshot keys evaluation adds), the ranking diagnostics
-    and per-class IoU, from `metrics/eval.json`."""
-    models = [m for m in metrics if m != "diagnostics"]
+    and per-class IoU, from `metrics/eval.json`; first what the evaluation could not give
+    (`not_available`: a target without labels)."""
+    models = [m for m in metrics if m not in ("diagnostics", "not_available")]
     if not models:
         return "<p>No model metrics.</p>"
     keys = [k for k in metrics[models[0]] if k != "IoU"]
     parts = [
+        f'<p class="note">Not available: {html.escape(why)}.</p>'
+        for why in (metrics.get("not_available") or {}).values()
+    ]
+    parts += [
         "<h3>Target-val mIoU (%)</h3>",
         _table(
             ["model", *keys],

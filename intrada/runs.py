@@ -27,7 +27,7 @@ from intrada.compute import CPU, Compute
 from intrada.config import ModelParams, TrainParams, as_dict
 from intrada.data import SegmentationSet, load_index
 from intrada.errors import IntradaError
-from intrada.io import atomic_path
+from intrada.io import atomic_path, read_parquet
 from intrada.models import build_model, load_pretrained
 from intrada.models.deeplabv2 import RELEASED_EXPECTED, load_released, state_dict_of
 from intrada.resume import Checkpoints, file_sha256, run_key
@@ -158,10 +158,11 @@ def run_training(
     method is source_only), log curves with dvclive and save the model with provenance.
 
     Images (and source labels) are resized to `source_size` / `target_size` (width,
-    height); None keeps them as stored. With `val_index` (target-val) the run validates
-    every `cfg.eval_every` iterations, at the target size with predictions upsampled to
-    each label as the evaluate stage does; the curve is logged as `val/mIoU` and stored
-    in the model file's `meta["validation"]`, with the snapshot `cfg.select` picked.
+    height); None keeps them as stored. With `val_index` (target-val; an empty table when
+    the target has no labelled val) the run validates every `cfg.eval_every` iterations,
+    at the target size with predictions upsampled to each label as the evaluate stage
+    does; the curve is logged as `val/mIoU` and stored in the model file's
+    `meta["validation"]`, with the snapshot `cfg.select` picked.
     With several processes (torchrun) every process trains, and only the main one
     validates, logs curves and writes the model. With `checkpoint_dir` an interrupted
     run resumes (`intrada.resume`).
@@ -186,7 +187,10 @@ def run_training(
             size=target_size,
         )
     val_set = None
-    if val_index is not None and cfg.eval_every > 0:
+    if val_index is not None and cfg.eval_every > 0 and read_parquet(val_index).empty:
+        # The user's own target without labels: nothing to validate on.
+        log.info("%s: no labelled target-val: no validation during training", stage)
+    elif val_index is not None and cfg.eval_every > 0:
         val_set = SegmentationSet(
             load_index(val_index, labelled=True),
             classes,
@@ -224,6 +228,8 @@ def run_training(
             inputs.append(Path(model_params.pretrained))
         if val_set is not None:
             inputs.append(val_index)
+        if classes.table is not None and classes.table.file is not None:
+            inputs.append(Path(classes.table.file))  # a class table file: its content counts
         key = run_key({"params": params, "processes": compute.world}, inputs)
         checkpoints = Checkpoints(checkpoint_dir, cfg.checkpoint_every, key)
 

@@ -48,6 +48,11 @@ def evaluate_confusion(
         data = progress(data, len(batches), "evaluate", compute)
     for batch in data:
         labels = batch["label"]
+        if isinstance(labels, list):  # labels of several sizes (`data.collate`): one by one
+            for image, label in zip(batch["image"], labels, strict=True):
+                pred = top_class(predict_probs(model, image[None], tuple(label.shape), compute))
+                cm += confusion_matrix(label[None].numpy(), pred.numpy(), num_classes)
+            continue
         pred = top_class(predict_probs(model, batch["image"], tuple(labels.shape[-2:]), compute))
         cm += confusion_matrix(labels.numpy(), pred.numpy(), num_classes)
     return sum_across(cm, compute)

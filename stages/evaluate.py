@@ -1,21 +1,26 @@
 """Stage evaluate: per-class IoU and mIoU on target-val of the source-only, inter and
 intra models, their confusion matrices, image panels, and the ranking diagnostics
-(against target-train's held-back ground truth)."""
+(against target-train's held-back ground truth). A target without a labelled val set
+or without target-train labels gets a metrics file that says which numbers it lacks."""
 
 import argparse
+import logging
 from pathlib import Path
 
 from intrada.checkpoint import load_model
-from intrada.classes import dataset_classes, evaluation_subsets
 from intrada.cli import run_stage
 from intrada.compute import processes
-from intrada.config import get, read_params
+from intrada.config import class_set_of, get, read_params
 from intrada.data import SegmentationSet, load_index
-from intrada.diagnostics import split_report
+from intrada.diagnostics import DIAGNOSTICS, split_report
 from intrada.evaluation import write_report
 from intrada.io import read_parquet
 
 MODELS = ("source_only", "inter", "intra")
+NO_VAL = "no labelled target-val (data.target_val_images, data.target_val_labels)"
+NO_TRAIN_LABELS = "target-train has no labels (data.target_train_labels)"
+
+log = logging.getLogger("evaluate")
 
 
 def main() -> None:
@@ -36,24 +41,37 @@ def main() -> None:
     args = parser.parse_args()
     raw = read_params()
     data, cfg = get(raw, "data"), get(raw, "evaluate")
-    classes = dataset_classes(data.name)
+    classes = class_set_of(data)
+    val = read_parquet(args.val)
+    truth = read_parquet(args.target_train_gt, ("image_id", "label_path", "label_encoding"))
+    not_available = {}
+    if val.empty:
+        not_available["mIoU"] = f"{NO_VAL}: no mIoU, per-class IoU, confusion or val panels"
+    if truth.empty:
+        not_available["diagnostics"] = f"{NO_TRAIN_LABELS}: no ranking diagnostics"
+    if not_available:
+        log.info("not available: %s", "; ".join(not_available.values()))
     # Predictions are upsampled to each label's own resolution (Cityscapes: 2048x1024).
-    dataset = SegmentationSet(
-        load_index(args.val, labelled=True),
-        classes,
-        Path("."),
-        labelled=True,
-        size=data.target_size,
-        resize_labels=False,
-    )
+    dataset = None
+    if not val.empty:
+        dataset = SegmentationSet(
+            load_index(args.val, labelled=True),
+            classes,
+            Path("."),
+            labelled=True,
+            size=data.target_size,
+            resize_labels=False,
+        )
     split_columns = ("image_id", "score", "prediction_path")
     easy = read_parquet(args.easy, split_columns)
     hard = read_parquet(args.hard, split_columns)
-    truth = read_parquet(args.target_train_gt, ("image_id", "label_path", "label_encoding"))
     pseudo = read_parquet(args.pseudo_labels, ("image_id", "label_path"))
     # With compute.nproc > 1, torchrun processes evaluate a share of the images each.
     with processes(get(raw, "compute"), __spec__.name) as compute:
-        diagnostics = split_report(easy, hard, truth, pseudo, classes, compute=compute)
+        if truth.empty:
+            diagnostics = dict.fromkeys(DIAGNOSTICS)
+        else:
+            diagnostics = split_report(easy, hard, truth, pseudo, classes, compute=compute)
         loaded = {name: load_model(getattr(args, f"{name}_model"), classes) for name in MODELS}
         models = {name: compute.module(model) for name, (model, _) in loaded.items()}
         report = write_report(
@@ -67,9 +85,10 @@ def main() -> None:
             args.iou_dir,
             args.panels_dir,
             diagnostics,
-            subsets=evaluation_subsets(data.name),
+            subsets=classes.subsets,
             compute=compute,
             validations={name: meta.get("validation") for name, (_, meta) in loaded.items()},
+            not_available=not_available,
         )
     if not compute.main:
         return

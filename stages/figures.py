@@ -4,18 +4,19 @@ histogram with the lambda cut, and the confusion matrices as heat-map tables. It
 draws from earlier stages' outputs, so a new gallery size re-runs nothing else."""
 
 import argparse
+import logging
 from pathlib import Path
 
 import pandas as pd
 
-from intrada.classes import dataset_classes
 from intrada.cli import run_stage
-from intrada.config import get, read_params
+from intrada.config import class_set_of, get, read_params
 from intrada.errors import IntradaError
 from intrada.figures import write_figures
 from intrada.io import read_parquet
 
 MODELS = ("source_only", "inter", "intra")
+log = logging.getLogger("figures")
 SPLIT_COLUMNS = ("image_id", "image_path", "score", "rank", "split", "map_path", "prediction_path")
 
 
@@ -26,7 +27,8 @@ def read_confusion(path: Path, names: tuple[str, ...]) -> pd.DataFrame:
     table = pd.read_csv(path, index_col=0)
     if list(table.index) != list(names) or list(table.columns) != list(names):
         raise IntradaError(
-            f"{path}: classes {list(table.columns)}; expected {list(names)} (data.name)"
+            f"{path}: classes {list(table.columns)}; expected {list(names)} (the class set "
+            "of data.name / data.class_table)"
         )
     return table
 
@@ -43,11 +45,15 @@ def main() -> None:
     args = parser.parse_args()
     raw = read_params()
     data, cfg = get(raw, "data"), get(raw, "figures")
-    classes = dataset_classes(data.name)
+    classes = class_set_of(data)
     easy = read_parquet(args.easy, SPLIT_COLUMNS)
     hard = read_parquet(args.hard, SPLIT_COLUMNS)
     pseudo = read_parquet(args.pseudo_labels, ("image_id", "label_path"))
-    confusion = {m: read_confusion(args.confusion / f"{m}.csv", classes.names) for m in MODELS}
+    confusion = {}
+    if any(args.confusion.glob("*.csv")):
+        confusion = {m: read_confusion(args.confusion / f"{m}.csv", classes.names) for m in MODELS}
+    else:  # the target has no labelled val: evaluate wrote no matrices
+        log.info("no confusion matrices (no labelled target-val): no heat-map tables")
     write_figures(
         easy,
         hard,

@@ -8,10 +8,9 @@ from pathlib import Path
 
 from intrada.artifacts import LabelShards
 from intrada.checkpoint import load_model
-from intrada.classes import dataset_classes
 from intrada.cli import run_stage
 from intrada.compute import processes, shared_atomic_dirs
-from intrada.config import get, read_params
+from intrada.config import class_set_of, get, read_params
 from intrada.data import SegmentationSet
 from intrada.io import read_parquet, write_parquet
 from intrada.pseudo_labels import write_pseudo_labels
@@ -27,7 +26,7 @@ def main() -> None:
     args = parser.parse_args()
     raw = read_params()
     data, cfg = get(raw, "data"), get(raw, "pseudo_labels")
-    classes = dataset_classes(data.name)
+    classes = class_set_of(data)
     easy = read_parquet(args.easy, ("image_id", "image_path"))
     model, _ = load_model(args.model, classes)
     dataset = SegmentationSet(easy, classes, Path("."), labelled=False, size=data.target_size)

@@ -7,10 +7,9 @@ from pathlib import Path
 
 from intrada.artifacts import EntropyShards, LabelShards
 from intrada.checkpoint import load_model
-from intrada.classes import dataset_classes
 from intrada.cli import run_stage
 from intrada.compute import processes, shared_atomic_dirs
-from intrada.config import check_class_names, get, read_params
+from intrada.config import check_class_names, class_set_of, get, read_params
 from intrada.data import SegmentationSet, load_index
 from intrada.inference import score_images
 from intrada.io import write_parquet
@@ -26,8 +25,8 @@ def main() -> None:
     args = parser.parse_args()
     raw = read_params()
     data, cfg = get(raw, "data"), get(raw, "inference")
-    check_class_names(cfg.rare_classes, data.name, "inference.rare_classes")
-    classes = dataset_classes(data.name)
+    classes = class_set_of(data)
+    check_class_names(cfg.rare_classes, classes, "inference.rare_classes")
     table = load_index(args.target, labelled=False)
     model, _ = load_model(args.model, classes)
     dataset = SegmentationSet(table, classes, Path("."), labelled=False, size=data.target_size)

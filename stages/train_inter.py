@@ -4,10 +4,9 @@ images against unlabelled target-train images."""
 import argparse
 from pathlib import Path
 
-from intrada.classes import dataset_classes
 from intrada.cli import run_stage
 from intrada.compute import processes
-from intrada.config import get, read_params
+from intrada.config import class_set_of, get, read_params
 from intrada.runs import declared_params, run_training
 
 
@@ -39,7 +38,7 @@ def main() -> None:
             cfg=cfg,
             seed=sections["seed"],
             model_params=sections["model"],
-            classes=dataset_classes(sections["data"].name),
+            classes=class_set_of(sections["data"]),
             source_index=args.source,
             target_index=args.target,
             init_path={"source_only": args.source_only_model}.get(cfg.init),

@@ -8,10 +8,9 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-from intrada.classes import dataset_classes
 from intrada.cli import run_stage
 from intrada.compute import processes
-from intrada.config import get, read_params
+from intrada.config import class_set_of, get, read_params
 from intrada.runs import declared_params, run_training
 
 
@@ -54,7 +53,7 @@ def main() -> None:
             cfg=cfg,
             seed=sections["seed"],
             model_params=sections["model"],
-            classes=dataset_classes(sections["data"].name),
+            classes=class_set_of(sections["data"]),
             source_index=args.pseudo_labels,
             target_index=None if self_training else args.hard,
             init_path={"source_only": args.source_only_model, "inter": args.inter_model}.get(

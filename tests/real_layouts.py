@@ -21,6 +21,19 @@ CITYSCAPES_IDS = {7: 0, 11: 2, 26: 13, 33: 18, 0: 255, 9: 255, 30: 255}
 SYNTHIA_IDS = {3: 0, 1: 10, 10: 11, 21: 3, 0: 255, 16: 255, 22: 255}
 
 
+def cityscapes_target(root: str | Path) -> dict[str, str]:
+    """The data params of a Cityscapes-layout target at `root` (its usual subfolders)."""
+    root = str(root)
+    return {
+        "target_layout": "cityscapes",
+        "target_root": root,
+        "target_train": f"{root}/leftImg8bit/train",
+        "target_train_labels": f"{root}/gtFine/train",
+        "target_val_images": f"{root}/leftImg8bit/val",
+        "target_val_labels": f"{root}/gtFine/val",
+    }
+
+
 def id_pattern(ids: list[int], width: int, height: int, shift: int = 0) -> np.ndarray:
     """Vertical stripes cycling through `ids` (every id appears when width >= len(ids))."""
     columns = np.array(ids)[(np.arange(width) + shift) % len(ids)]

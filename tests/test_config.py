@@ -3,6 +3,7 @@ import yaml
 
 from intrada.config import ParamsError, check_all, get, read_params
 from tests.conftest import REPO, write_params
+from tests.real_layouts import cityscapes_target
 
 
 def check(tmp_path, params):
@@ -200,7 +201,7 @@ def test_a_real_dataset_needs_its_roots_on_disk(tmp_path, params):
     with pytest.raises(ParamsError, match=r"data\.source_root = '.*GTA5' .* existing folder"):
         check(tmp_path, params)
     (tmp_path / "GTA5").mkdir()
-    params["data"]["target_root"] = str(tmp_path / "GTA5")
+    params["data"].update(cityscapes_target(tmp_path / "GTA5"))
     check(tmp_path, params)
 
 

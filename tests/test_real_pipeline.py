@@ -16,7 +16,7 @@ from intrada.checkpoint import load_model
 from intrada.classes import dataset_classes
 from tests.conftest import tiny_params
 from tests.pipeline import dvc_stages, run_pipeline
-from tests.real_layouts import write_cityscapes, write_gta5
+from tests.real_layouts import cityscapes_target, write_cityscapes, write_gta5
 from tests.test_dvc_pipeline import project_repo, ran_stages, run
 
 pytestmark = pytest.mark.slow
@@ -30,7 +30,7 @@ def gta5_params(datasets) -> dict:
     params["data"].update(
         name="gta5",
         source_root=str(datasets / "GTA5"),
-        target_root=str(datasets / "cityscapes"),
+        **cityscapes_target(datasets / "cityscapes"),
         source_size=[64, 32],
         target_size=[64, 32],
         verify="header",
