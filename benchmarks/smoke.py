@@ -76,6 +76,7 @@ from intrada.classes import (
     dataset_classes,
     train_id_to_label_id,
 )
+from intrada.config import CITYSCAPES_TARGET
 from intrada.dag import copy_pipeline, resolved_stages
 from intrada.data import SegmentationSet, resize_image
 from intrada.io import image_checked, read_label, read_rgb, write_label_png, write_rgb_png
@@ -84,10 +85,14 @@ from intrada.models.deeplabv2 import DEEPLAB_PREFIX, DeepLabV2
 from intrada.synthetic import generate_image
 
 REPO = Path(__file__).resolve().parents[1]
-PROFILES = ("gta5_cityscapes", "synthia_cityscapes")
+PROFILES = tuple(sorted(p.stem for p in (REPO / "profiles").glob("*.yaml")))
 TRAINING = ("source_only", "inter", "intra")
 # (source layout folder, file size (width, height), images in the full dataset)
-SOURCES = {"gta5": ("GTA5", (1914, 1052), 24966), "synthia": ("SYNTHIA", (1280, 760), 9400)}
+SOURCES = {
+    "gta5": ("GTA5", (1914, 1052), 24966),
+    "synthia": ("SYNTHIA", (1280, 760), 9400),
+    "synscapes": ("Synscapes", (1440, 720), 25000),
+}
 CITYSCAPES_SIZE = (2048, 1024)
 CITYSCAPES_TRAIN, CITYSCAPES_VAL = 2975, 500
 COUNTS = {"source": 3, "target_train": 3, "target_val": 2}
@@ -125,7 +130,8 @@ def write_synthia_label(path: Path, ids: np.ndarray) -> None:
 
 
 def write_datasets(root: Path, dataset: str, factor: int) -> tuple[Path, Path]:
-    """The source tree (GTA5 or SYNTHIA layout) and the Cityscapes tree under `root`."""
+    """The source tree (GTA5, SYNTHIA or Synscapes layout) and the Cityscapes tree under
+    `root`."""
     folder, size, _ = SOURCES[dataset]
     width, height = scaled(size, factor)
     source = root / folder
@@ -143,6 +149,11 @@ def write_datasets(root: Path, dataset: str, factor: int) -> tuple[Path, Path]:
                     label_ids, (width, height - 7), interpolation=cv2.INTER_NEAREST
                 )
             write_label_png(source / "labels" / name, label_ids)
+        elif dataset == "synscapes":  # img/rgb/<n>.png, img/class/<n>.png, n from 1
+            (source / "img" / "rgb").mkdir(parents=True, exist_ok=True)
+            (source / "img" / "class").mkdir(parents=True, exist_ok=True)
+            write_rgb_png(source / "img" / "rgb" / f"{i + 1}.png", image)
+            write_label_png(source / "img" / "class" / f"{i + 1}.png", to_label_id[label])
         else:
             (source / "RGB").mkdir(parents=True, exist_ok=True)
             write_rgb_png(source / "RGB" / name, image)
@@ -216,6 +227,8 @@ def smoke_params(profile: str, source: Path, target: Path, weights: Path, factor
     params = yaml.safe_load((REPO / "profiles" / f"{profile}.yaml").read_text())
     data = params["data"]
     data.update(source_root=str(source), target_root=str(target))
+    for key, sub in CITYSCAPES_TARGET.items():  # the layout's folders under the new root
+        data[key] = f"{target}/{sub}"
     data["source_size"] = list(scaled(data["source_size"], factor))
     data["target_size"] = list(scaled(data["target_size"], factor))
     params["model"]["pretrained"] = str(weights)

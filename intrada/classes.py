@@ -547,8 +547,8 @@ def parse_class_table(raw: Any, origin: str) -> ClassTable:
         if color in colors:
             other = names[colors.index(color)]
             raise IntradaError(
-                f"{origin}: {where}color {list(color)} is class {other!r}'s too; expected a "
-                "colour per class (figures tell classes apart by it)"
+                f"{origin}: {where}color {list(color)} is the colour of class {other!r} too; "
+                "expected a colour per class (figures tell classes apart by it)"
             )
         if color == (0, 0, 0):
             raise IntradaError(f"{origin}: {where}color [0, 0, 0] is the ignore colour of figures")
@@ -559,8 +559,8 @@ def parse_class_table(raw: Any, origin: str) -> ClassTable:
             for value in listed:
                 if (column, value) in owner:
                     raise IntradaError(
-                        f"{origin}: {where}{column} value {value} is class "
-                        f"{owner[column, value]!r}'s too; expected each value in one class"
+                        f"{origin}: {where}{column} value {value} already belongs to class "
+                        f"{owner[column, value]!r}; expected each value in one class"
                     )
                 owner[column, value] = name
             values.setdefault(column, [()] * len(entries))[k] = listed
@@ -577,8 +577,8 @@ def parse_class_table(raw: Any, origin: str) -> ClassTable:
         for value in ignored[column]:
             if (column, value) in owner:
                 raise IntradaError(
-                    f"{origin}: ignore: {column} value {value} is class "
-                    f"{owner[column, value]!r}'s; expected a value either ignored or a class's"
+                    f"{origin}: ignore: {column} value {value} belongs to class "
+                    f"{owner[column, value]!r}; expected a value either ignored or a class's"
                 )
     subsets = raw.get("subsets") or {}
     if not isinstance(subsets, dict):

@@ -7,6 +7,7 @@ Cityscapes label ids 0 (unlabeled), 9 (parking) and 30 (trailer); SYNTHIA ids 0
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import cv2
@@ -99,3 +100,63 @@ def write_cityscapes(
                 id_pattern(ids, *size, shift=i).astype(np.uint8),
             )
     return root
+
+
+def write_synscapes(root: Path, count: int = 3, size: tuple[int, int] = (96, 48)) -> Path:
+    """Synscapes: img/rgb/<n>.png, img/class/<n>.png (Cityscapes label ids) and
+    meta/<n>.json, n from 1 (not zero-padded, as released)."""
+    ids = list(CITYSCAPES_IDS)
+    for n in range(1, count + 1):
+        save(root / "img" / "rgb" / f"{n}.png", rgb(*size, seed=200 + n))
+        save(root / "img" / "class" / f"{n}.png", id_pattern(ids, *size, shift=n).astype(np.uint8))
+        meta = root / "meta" / f"{n}.json"
+        meta.parent.mkdir(parents=True, exist_ok=True)
+        meta.write_text(json.dumps({"camera": {"intrinsic": {"resx": size[0], "resy": size[1]}}}))
+    return root
+
+
+# The user's own target labels of the folder fixtures: value -> class of OWN_TABLE (0 and
+# 255 ignored).
+OWN_TARGET_VALUES = {1: "road", 2: "building", 3: "vehicle", 0: None, 255: None}
+# A class table of three classes over GTA5's Cityscapes label ids and the user's values.
+OWN_TABLE = """\
+# Three classes: GTA5's road, building, and its car and bicycle merged into vehicle.
+classes:
+  - name: road
+    color: [128, 64, 128]
+    gta5: [7]
+    target: [1]
+  - name: building
+    color: "#464646"
+    gta5: [11]
+    target: [2]
+  - name: vehicle
+    color: [0, 0, 142]
+    gta5: [26, 33]
+    target: [3]
+ignore:
+  gta5: ["0-6", "8-10", "12-25", "27-32"]
+  target: [0, 255]
+subsets:
+  mIoU_stuff: [road, building]
+"""
+
+
+def write_folder_target(
+    root: Path,
+    names: list[str],
+    size: tuple[int, int] = (64, 32),
+    labels: bool = False,
+) -> tuple[Path, Path | None]:
+    """A folder of images at `root/images` named by `names` (relative paths with their
+    suffixes: png, jpg, ...) and, with `labels`, their label PNGs of the user's values at
+    `root/labels/<same place and name>.png`. Returns the two folders."""
+    values = list(OWN_TARGET_VALUES)
+    for i, name in enumerate(names):
+        image = root / "images" / name
+        image.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rgb(*size, seed=300 + i)).save(image)
+        if labels:
+            label = (root / "labels" / name).with_suffix(".png")
+            save(label, id_pattern(values, *size, shift=i).astype(np.uint8))
+    return root / "images", (root / "labels" if labels else None)
