@@ -228,3 +228,36 @@ def test_the_command_prints_a_builtin_table_that_reads_back(tmp_path):
     assert len(table.names) == 16 and dict(table.subsets)["mIoU_13"][0] == "road"
     assert dict(table.ignore)["synthia"] == (0, 13, 14, 16, 18, 20, 22)
     assert "29-31" in out  # runs of ignored Cityscapes ids are written as ranges
+
+
+# The user documentation's example class table and params (moved with it: keep in step).
+DOC = REPO / "notes" / "datasets.md"
+
+
+def doc_blocks(language: str) -> list[str]:
+    import re
+
+    return re.findall(rf"```{language}\n(.*?)```", DOC.read_text(), flags=re.S)
+
+
+def test_the_documented_class_table_and_params_are_valid(tmp_path, monkeypatch):
+    from intrada.config import check_all, read_params
+    from tests.conftest import write_params
+
+    (table,) = [b for b in doc_blocks("yaml") if b.lstrip().startswith("#") and "classes:" in b]
+    (data,) = [b for b in doc_blocks("yaml") if b.startswith("data:")]
+    params = yaml.safe_load((REPO / "profiles" / "gta5_cityscapes.yaml").read_text())
+    documented = yaml.safe_load(data)
+    params["data"].update(documented["data"])
+    params["inference"].update(documented["inference"])
+    monkeypatch.chdir(tmp_path)
+    for folder in ("data/raw/GTA5", "data/raw/mine/train", "data/raw/mine/val/images"):
+        (tmp_path / folder).mkdir(parents=True)
+    (tmp_path / "data/raw/mine/val/labels").mkdir()
+    (tmp_path / "data/raw/mine/classes.yaml").write_text(table)
+    (tmp_path / params["model"]["pretrained"]).touch()
+    check_all(read_params(write_params(tmp_path, params)))
+    classes = read_class_table(tmp_path / "data/raw/mine/classes.yaml")
+    # Every GTA5 label id (0-33) is a class's or ignored.
+    gta5 = {v for values in classes.class_values("gta5") for v in values}
+    assert gta5 | set(classes.ignored("gta5")) == set(range(34))

@@ -18,7 +18,7 @@ from intrada.config import NO_FILE, ParamsError, check_all, read_params
 from intrada.errors import IntradaError
 from intrada.layouts import index_folder, index_folder_pairs
 from tests.conftest import tiny_params, write_params
-from tests.pipeline import dvc_stages, run_stage
+from tests.pipeline import dvc_stages, run_pipeline, run_stage
 from tests.real_layouts import OWN_TABLE, save, write_folder_target, write_gta5
 
 TRAIN = [  # nested folders, png and jpg in any case
@@ -284,3 +284,61 @@ def test_dvc_repro_without_labels_runs_to_the_figures_and_says_what_is_missing(o
     out = run([sys.executable, "-m", "intrada.report", "--out", "report.html"], root)
     page = (root / "report.html").read_text()
     assert "Not available: no labelled target-val" in page and "wrote report.html" in out.stdout
+
+
+# --- other combinations, in-process ----------------------------------------------------------
+
+
+def test_unlabelled_images_with_the_builtin_classes_run_to_the_figures(tmp_path, trees):
+    """The released repository's advice for your own images: keep the 19 classes, bring
+    unlabelled images. Every stage runs; the metrics file names what it cannot give."""
+    params = own_params(trees, val=False)
+    params["data"].update(classes="builtin", class_table=NO_FILE)
+    params["inference"]["rare_classes"] = ["pole", "person"]
+    run_pipeline(tmp_path / "project", params)
+    report = json.loads((tmp_path / "project/metrics/eval.json").read_text())
+    assert report["intra"] == {"mIoU": None}
+    assert set(report["not_available"]) == {"mIoU", "diagnostics"}
+    pseudo = pd.read_parquet(tmp_path / "project/data/pseudo_labels/index.parquet")
+    label = read_pseudo_label(pseudo, pseudo["image_id"][0], tmp_path / "project")
+    assert set(np.unique(label)) <= set(range(19)) | {255}  # Cityscapes train ids
+
+
+def test_labelled_target_train_gives_the_ranking_diagnostics(tmp_path, trees):
+    write_folder_target(trees / "mine/train", TRAIN[:3], size=(80, 40), labels=True)
+    write_folder_target(trees / "mine/train", TRAIN[3:], size=(64, 32), labels=True)
+    params = own_params(trees)
+    params["data"]["target_train_labels"] = str(trees / "mine/train/labels")
+    run_pipeline(tmp_path / "project", params)
+    report = json.loads((tmp_path / "project/metrics/eval.json").read_text())
+    assert "not_available" not in report
+    assert report["diagnostics"]["pseudo_label_coverage"] == 100.0
+
+
+def test_a_class_table_over_the_cityscapes_layout(tmp_path):
+    """Cityscapes' own label ids through a table: here its 19 classes merged into three."""
+    from tests.real_layouts import cityscapes_target, write_cityscapes
+
+    write_gta5(tmp_path / "GTA5", count=6, size=(96, 48))
+    write_cityscapes(tmp_path / "cityscapes", {"train": 6, "val": 2}, size=(64, 32))
+    lines = OWN_TABLE.splitlines(keepends=True)
+    table = "".join(
+        line.replace("target: [1]", "cityscapes: [7]")
+        .replace("target: [2]", "cityscapes: [11]")
+        .replace("target: [3]", "cityscapes: [26, 33]")
+        .replace("target: [0, 255]", 'cityscapes: ["0-6", "8-10", "12-25", "27-32"]')
+        for line in lines
+    )
+    (tmp_path / "classes.yaml").write_text(table)
+    params = own_params(tmp_path / "unused")
+    params["data"].update(
+        **cityscapes_target(tmp_path / "cityscapes"),
+        source_root=str(tmp_path / "GTA5"),
+        class_table=str(tmp_path / "classes.yaml"),
+    )
+    run_pipeline(tmp_path / "project", params)
+    val = pd.read_parquet(tmp_path / "project/data/index/target_val.parquet")
+    assert set(val["label_encoding"]) == {"table:cityscapes"}
+    report = json.loads((tmp_path / "project/metrics/eval.json").read_text())
+    assert list(report["intra"]["IoU"]) == ["road", "building", "vehicle"]
+    assert report["diagnostics"]["pseudo_label_coverage"] == 100.0
