@@ -199,9 +199,7 @@ def index_folder(images: str | Path) -> pd.DataFrame:
     place under the folder, without suffix) and `image_path`."""
     root = Path(images)
     if not root.is_dir():
-        raise IntradaError(
-            f"{root}: folder not found; expected a folder of images ({FOLDER_LAYOUT})"
-        )
+        raise IntradaError(f"{root}: folder not found; expected a folder in the {FOLDER_LAYOUT}")
     found = _walk(root, IMAGE_SUFFIXES)
     if not found:
         raise IntradaError(f"{root}: no images found; expected the {FOLDER_LAYOUT}")

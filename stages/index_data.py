@@ -41,7 +41,7 @@ def main() -> None:
     # Index everything first (cheap), so a wrong root fails before the slower pass.
     source = index_source(data.name, data.source_root, source_encoding)
     none = pd.DataFrame(columns=LABELLED)  # a set the target does not have
-    if data.target_layout == "cityscapes":
+    if data.target_layout == "cityscapes":  # data.target_*: these subfolders (check_params)
         target_train = index_cityscapes(data.target_root, "train", target_encoding)
         target_val = index_cityscapes(data.target_root, "val", target_encoding)
     else:
