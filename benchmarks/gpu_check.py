@@ -73,7 +73,7 @@ from intrada.io import write_json
 from intrada.layouts import index_cityscapes
 from intrada.models import build_model
 from intrada.runs import arch_config
-from intrada.synthetic import set_files, write_set
+from intrada.synthetic import set_files, write_images
 from intrada.training import AdaptationStep, set_batchnorm
 
 REPO = Path(__file__).resolve().parents[1]
@@ -728,7 +728,7 @@ def image_table(ctx: Context, count: int) -> pd.DataFrame:
         total = max(preset.score_images, preset.eval_images)
         unique = min(preset.unique_images, total)
         width, height = preset.file_size
-        write_set("target_val", unique, 0, height, width, 1.0, 1.0, root)
+        write_images(("target_val", 0, unique, 0, height, width, 1.0, 1.0, root))
         for i in range(unique, total):
             for made, copied in zip(
                 set_files("target_val", i % unique)[1:], set_files("target_val", i)[1:], strict=True
