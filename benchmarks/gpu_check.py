@@ -209,7 +209,9 @@ class Context:
         cfg = dataclasses.replace(get(raw, "inter"), method="advent")
         if preset.batch_size is not None:
             cfg = dataclasses.replace(cfg, batch_size=preset.batch_size)
-        params = dataclasses.replace(get(raw, "compute"), nproc=1, compile=False)
+        # The check runs where it is started: on the GPU when PyTorch sees one, else the
+        # CPU rows (the profiles' `device: cuda` would stop on a CPU machine).
+        params = dataclasses.replace(get(raw, "compute"), device="auto", nproc=1, compile=False)
         return cls(
             preset_name,
             preset,
@@ -959,7 +961,7 @@ def status_text(row: dict) -> str:
 
 
 def goals(rows: dict[str, dict], ctx: Context) -> dict:
-    """The issue's targets: ours at least 1.5x the reference-style loop, and the
+    """The check's targets: ours at least 1.5x the reference-style loop, and the
     120,000-iteration stage under 12 h on one GPU (CUDA only)."""
     reference = rows.get("step_reference_fp32", {})
     ours = [

@@ -94,14 +94,24 @@ def launched_by_torchrun() -> bool:
     return "TORCHELASTIC_RUN_ID" in os.environ and "LOCAL_RANK" in os.environ
 
 
+def require_cuda() -> None:
+    """Stop with one line when the params insist on CUDA and PyTorch sees no GPU: a
+    profile sized for a GPU would otherwise run for months on the CPU."""
+    if torch.cuda.is_available():
+        return
+    build = f"a CUDA {torch.version.cuda} build" if torch.version.cuda else "a CPU-only build"
+    raise IntradaError(
+        f"params.yaml: compute.device = 'cuda' but PyTorch ({torch.__version__}, {build}) "
+        "sees no CUDA device; expected a visible GPU (check nvidia-smi and "
+        "CUDA_VISIBLE_DEVICES), or compute.device: cpu to run on the CPU on purpose"
+    )
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "cpu":
         return torch.device("cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise IntradaError(
-            "params.yaml: compute.device = 'cuda' but PyTorch sees no CUDA device; "
-            "expected auto or cpu on this machine"
-        )
+    if name == "cuda":
+        require_cuda()
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 

@@ -34,6 +34,12 @@ def _fail(key: str, value: Any, expected: str) -> typing.NoReturn:
     raise ParamsError(f"{PARAMS_FILE}: {key} = {value!r} is invalid: expected {expected}")
 
 
+def _queue_hint(path: Path) -> str:
+    """Queued and --temp experiments run in a copy of the git-tracked files, without the
+    git-ignored data/raw/ links: a relative path there finds nothing."""
+    return "" if path.is_absolute() else "; queued experiments need an absolute path"
+
+
 # --- sections -------------------------------------------------------------------------
 
 
@@ -63,14 +69,14 @@ class DataParams:
     # source_size, as the released code does with GTA5).
     size_mismatch: Literal["stop", "drop", "resize"]
 
-    def check(self, key: str) -> None:
+    def check(self, key: str, roots: tuple[str, ...] = ("source_root", "target_root")) -> None:
         for name in ("source_size", "target_size"):
             size = getattr(self, name)
             if len(size) != 2 or min(size) < 16:
                 _fail(f"{key}.{name}", list(size), "[width, height], each at least 16 pixels")
         if self.name == "synthetic":
             for name, expected in SYNTHETIC_ROOTS.items():
-                if getattr(self, name) != expected:
+                if name in roots and getattr(self, name) != expected:
                     _fail(
                         f"{key}.{name}",
                         getattr(self, name),
@@ -78,11 +84,12 @@ class DataParams:
                     )
         else:
             for name, layout in (("source_root", self.name), ("target_root", "Cityscapes")):
-                if not Path(getattr(self, name)).is_dir():
+                root = Path(getattr(self, name))
+                if name in roots and not root.is_dir():
                     _fail(
                         f"{key}.{name}",
-                        getattr(self, name),
-                        f"an existing folder (the {layout} root)",
+                        str(root),
+                        f"an existing folder (the {layout} root){_queue_hint(root)}",
                     )
 
 
@@ -149,9 +156,12 @@ class ModelParams:
 
     name: Literal["small", "deeplabv2"]
     align_corners: bool
+    # The local ImageNet weights file, or NO_FILE when no section starts from it. dvc.yaml
+    # declares it as a dependency of every training stage, so that replacing the file in
+    # place re-runs them (a path param alone would not notice).
+    pretrained: str
     width: int | None = None
     weights_format: Literal["torchvision", "deeplab"] | None = None
-    pretrained: str | None = None
 
     def check(self, key: str) -> None:
         needed = {"small": "width", "deeplabv2": "weights_format"}[self.name]
@@ -173,11 +183,12 @@ ALLOWED_INIT = {
     "inter": ("scratch", "pretrained", "source_only", "file"),
     "intra": ("scratch", "pretrained", "source_only", "inter", "file"),
 }
-# `init_file` when `init` is not `file`. dvc.yaml declares each section's init_file as a
-# dependency of its training stage (so replacing the file re-runs it), and a dependency
-# must exist: this is the stamp every training stage already depends on, constant
-# while params are valid.
-NO_INIT_FILE = "data/params.ok"
+# `init_file` when `init` is not `file`, and `model.pretrained` when no section's `init`
+# is `pretrained`. dvc.yaml declares both as dependencies of the training stages (so
+# replacing a file re-runs them), and a dependency must exist: this is the stamp every
+# training stage already depends on, constant while params are valid.
+NO_FILE = "data/params.ok"
+NO_INIT_FILE = NO_FILE
 
 
 @dataclass(frozen=True)
@@ -227,7 +238,7 @@ class TrainParams:
     # Iterations between resumable checkpoints (one is always written at the end).
     checkpoint_every: int | None = None
     # The model file to start from when init is file: one this pipeline wrote, or a
-    # released AdvEnt / IntraDA DeepLab-v2 state dict (README, "Released models").
+    # released AdvEnt / IntraDA DeepLab-v2 state dict (docs/released-models.md).
     # Otherwise NO_INIT_FILE (dvc.yaml declares it as a dependency either way).
     init_file: str | None = None
 
@@ -459,6 +470,16 @@ def get(raw: dict[str, Any], name: str) -> Any:
     return value
 
 
+def get_target_data(raw: dict[str, Any]) -> DataParams:
+    """The data section for a command that reads only the target dataset (evaluating a
+    model file): checked like `get(raw, "data")`, but the source root need not exist."""
+    if "data" not in raw:
+        raise ParamsError(f"{PARAMS_FILE}: data is missing")
+    data = _parse_dataclass(DataParams, raw["data"], "data", check=False)
+    data.check("data", roots=("target_root",))
+    return data
+
+
 def check_all(raw: dict[str, Any]) -> None:
     """Validate every key of params.yaml, and the checks that span sections."""
     for name in SCHEMA:
@@ -478,6 +499,7 @@ def check_all(raw: dict[str, Any]) -> None:
             f"{{}} when data.name is {data.name} (nothing to generate for a real dataset)",
         )
     check_class_names(get(raw, "inference").rare_classes, data.name, "inference.rare_classes")
+    check_pretrained_file(model)
     for name in ("source_only", "inter", "intra"):
         train = get(raw, name)
         if train.init == "pretrained":
@@ -497,13 +519,30 @@ def check_pretrained(model: ModelParams, section: str) -> None:
             "pretrained",
             f"scratch or an earlier model: {model.name} has no ImageNet weights",
         )
-    if model.pretrained is None:
-        raise ParamsError(
-            f"{PARAMS_FILE}: model.pretrained is missing: {section}.init = pretrained needs "
-            "a local ImageNet ResNet-101 weights file"
+    if model.pretrained == NO_FILE:
+        _fail(
+            "model.pretrained",
+            model.pretrained,
+            f"a local ImageNet ResNet-101 weights file: {section}.init is pretrained",
         )
     if not Path(model.pretrained).is_file():
-        _fail("model.pretrained", model.pretrained, "an existing ImageNet ResNet-101 weights file")
+        _fail(
+            "model.pretrained",
+            model.pretrained,
+            "an existing ImageNet ResNet-101 weights file" + _queue_hint(Path(model.pretrained)),
+        )
+
+
+def check_pretrained_file(model: ModelParams) -> None:
+    """`model.pretrained` is a dependency of the training stages: it must exist even when
+    no section uses it (the params stamp stands for "no file")."""
+    if model.pretrained != NO_FILE and not Path(model.pretrained).is_file():
+        _fail(
+            "model.pretrained",
+            model.pretrained,
+            f"an existing file (a dependency of the training stages) or {NO_FILE} when no "
+            "section's init is pretrained" + _queue_hint(Path(model.pretrained)),
+        )
 
 
 def check_init_file(train: TrainParams, section: str) -> None:
@@ -583,7 +622,7 @@ def _reject_unknown(raw: dict, allowed: typing.Iterable[str], prefix: str) -> No
             )
 
 
-def _parse_dataclass(cls: type, raw: Any, key: str) -> Any:
+def _parse_dataclass(cls: type, raw: Any, key: str, check: bool = True) -> Any:
     if not isinstance(raw, dict):
         _fail(key, raw, "a mapping of keys")
     fields = {f.name: f for f in dataclasses.fields(cls)}
@@ -596,7 +635,8 @@ def _parse_dataclass(cls: type, raw: Any, key: str) -> Any:
         elif field.default is dataclasses.MISSING:
             raise ParamsError(f"{PARAMS_FILE}: {key}.{name} is missing")
     obj = cls(**values)
-    obj.check(key)
+    if check:
+        obj.check(key)
     return obj
 
 

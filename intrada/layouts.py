@@ -139,7 +139,7 @@ def check_pairs(
     size, so that no file can stop a run later.
 
     Labels are always decoded: a value outside the label encoding shows only in the
-    pixels, and decoding one costs a quarter of an image's (README, "Real datasets").
+    pixels, and decoding one costs a quarter of an image's (docs/datasets.md).
     Images are checked without decoding (header and every chunk's checksum, which finds
     truncated and corrupted files), or with `decode` decoded too. Raises one
     `IntradaError` naming the first bad file in table order, before any training.

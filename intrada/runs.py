@@ -106,17 +106,19 @@ def check_architecture(path: Path, meta: dict[str, Any], model_params: ModelPara
 
 
 def start_file_model(
-    model_params: ModelParams, classes: ClassSet, path: Path
+    model_params: ModelParams, classes: ClassSet, path: Path, match_params: bool = True
 ) -> tuple[nn.Module, dict[str, Any]]:
     """The model of an `init: file` file: a model file this pipeline wrote, or a
     released network's state dict (DeepLab-v2 with `weights_format: deeplab` only;
     `models.deeplabv2.load_released`). Where from records the file's sha256, since
-    params name only its path."""
+    params name only its path. A model file must hold the params' architecture unless
+    `match_params` is false (evaluating a file: it carries its own architecture)."""
     blob = read_weights(path, RELEASED_EXPECTED)
     origin = {"path": Path(path).as_posix(), "sha256": file_sha256(path)}
     if is_model_file(blob):
         model, meta = model_from_blob(path, blob, classes)
-        check_architecture(path, meta, model_params)
+        if match_params:
+            check_architecture(path, meta, model_params)
         return model, {**origin, "stage": meta["stage"], "params_sha256": meta["params_sha256"]}
     if (model_params.name, model_params.weights_format) != ("deeplabv2", "deeplab"):
         raise IntradaError(

@@ -218,13 +218,23 @@ def test_generate_must_match_the_dataset(tmp_path, params):
 def test_pretrained_init_needs_the_weights_file(tmp_path, params):
     params["model"] = {"name": "deeplabv2", "weights_format": "torchvision", "align_corners": True}
     params["intra"]["init"] = "pretrained"
-    with pytest.raises(ParamsError, match=r"model\.pretrained is missing: intra\.init"):
+    with pytest.raises(ParamsError, match=r"model\.pretrained is missing"):
+        check(tmp_path, params)
+    # The placeholder (the params stamp) names no weights file.
+    params["model"]["pretrained"] = "data/params.ok"
+    with pytest.raises(ParamsError, match=r"model\.pretrained = .* weights file: intra\.init"):
         check(tmp_path, params)
     params["model"]["pretrained"] = str(tmp_path / "resnet101.pth")
-    with pytest.raises(ParamsError, match=r"model\.pretrained = .* an existing ImageNet"):
+    with pytest.raises(ParamsError, match=r"model\.pretrained = .* an existing"):
         check(tmp_path, params)
     (tmp_path / "resnet101.pth").write_bytes(b"")
     check(tmp_path, params)
+
+
+def test_the_imagenet_file_is_a_dependency_so_it_must_exist_even_when_unused(tmp_path, params):
+    params["model"]["pretrained"] = str(tmp_path / "gone.pth")  # no init: pretrained
+    with pytest.raises(ParamsError, match=r"model\.pretrained = .* data/params.ok when no"):
+        check(tmp_path, params)
 
 
 @pytest.mark.parametrize("section", ["source_only", "inter", "intra"])

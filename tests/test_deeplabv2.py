@@ -12,7 +12,7 @@ import torch
 import torchvision
 
 from intrada.classes import dataset_classes
-from intrada.config import ModelParams, TrainParams
+from intrada.config import NO_FILE, ModelParams, TrainParams
 from intrada.errors import IntradaError
 from intrada.models.deeplabv2 import DeepLabV2, load_pretrained
 from intrada.runs import initial_model
@@ -381,7 +381,9 @@ def trained_deeplab():
     return model.eval()
 
 
-RELEASED_PARAMS = ModelParams(name="deeplabv2", align_corners=True, weights_format="deeplab")
+RELEASED_PARAMS = ModelParams(
+    name="deeplabv2", align_corners=True, pretrained=NO_FILE, weights_format="deeplab"
+)
 
 
 def test_a_released_state_dict_loads_as_the_same_network(trained_deeplab, save):
@@ -481,6 +483,8 @@ def test_a_released_network_needs_the_deeplab_weights_format(trained_deeplab, sa
     from intrada.runs import start_file_model
 
     path = save(released_layout(trained_deeplab.state_dict()), "released.pth")
-    params = ModelParams(name="deeplabv2", align_corners=True, weights_format="torchvision")
+    params = ModelParams(
+        name="deeplabv2", align_corners=True, pretrained=NO_FILE, weights_format="torchvision"
+    )
     with pytest.raises(IntradaError, match=r"needs model.name deeplabv2 with weights_format "):
         start_file_model(params, dataset_classes("gta5"), path)
