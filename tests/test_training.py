@@ -403,3 +403,33 @@ def test_lambda_seg_scales_the_source_gradient():
     key = "main_head.branches.0.weight"
     assert torch.allclose(moves[1][key], 2 * moves[0][key], rtol=1e-4, atol=1e-7)
     assert moves[0][key].abs().max() > 1e-4
+
+
+def test_an_adaptsegnet_step_with_released_adam_resumes_from_a_saved_snapshot(tmp_path):
+    # The checkpoint round trip of train(): snapshot, torch.save, weights_only load,
+    # restore; the next step is then the uninterrupted run's, bit for bit.
+    from intrada.training import restore, snapshot
+    from intrada.validation import Selection
+
+    settings = cfg(method="adaptsegnet", gan="ls", adam="released")
+    data = [batches(seed) for seed in range(3)]
+    model = fresh_model()
+    set_batchnorm(model, settings.batchnorm)
+    step = AdaptationStep(model, settings, 8)
+    for it in range(2):
+        step.set_iteration(it)
+        step(*data[it])
+    path = tmp_path / "checkpoint.pt"
+    torch.save(snapshot(step, 2, {}, [], Selection("last", 0)), path)
+    resumed_model = fresh_model(seed=1)  # other weights: all must come from the file
+    set_batchnorm(resumed_model, settings.batchnorm)
+    resumed = AdaptationStep(resumed_model, settings, 8)
+    restore(resumed, torch.load(path, weights_only=True), Selection("last", 0))
+    for s in (step, resumed):
+        s.set_iteration(2)
+        s(*data[2])
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, resumed_model.state_dict()[key]), key
+    assert isinstance(resumed.discs.optimizer, ReleasedAdam)
+    for key, value in step.discs.main.state_dict().items():
+        assert torch.equal(value, resumed.discs.main.state_dict()[key]), key
