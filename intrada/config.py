@@ -152,6 +152,12 @@ class ModelParams:
     done: training losses, entropy maps, scores, pseudo-labels, validation and
     evaluation (the released code uses true everywhere). It is part of the architecture
     stored in the model file, so every stage follows the model it loads.
+
+    `aspp_branches` (deeplabv2 only) is how many of the four ASPP branches (dilations 6,
+    12, 18, 24) each classifier sums: 4 is DeepLab-v2 as published and as the released
+    AdvEnt / IntraDA code runs it; 2 is the released AdaptSegNet network, whose
+    classifier returns after adding the second branch (an early `return` its authors
+    acknowledged; the other two branches exist, untrained). Unset = 4. Architecture too.
     """
 
     name: Literal["small", "deeplabv2"]
@@ -162,6 +168,7 @@ class ModelParams:
     pretrained: str
     width: int | None = None
     weights_format: Literal["torchvision", "deeplab"] | None = None
+    aspp_branches: int | None = None
 
     def check(self, key: str) -> None:
         needed = {"small": "width", "deeplabv2": "weights_format"}[self.name]
@@ -171,9 +178,24 @@ class ModelParams:
             )
         if self.width is not None:
             _positive(f"{key}.width", self.width)
+        if self.aspp_branches is not None:
+            if self.name != "deeplabv2":
+                _fail(
+                    f"{key}.aspp_branches",
+                    self.aspp_branches,
+                    f"no value for model {self.name} (a DeepLab-v2 key; remove it)",
+                )
+            if not 1 <= self.aspp_branches <= 4:
+                _fail(
+                    f"{key}.aspp_branches",
+                    self.aspp_branches,
+                    "an integer from 1 to 4 (4: DeepLab-v2 / AdvEnt; 2: released AdaptSegNet)",
+                )
 
 
-METHODS = ("source_only", "advent", "minent")
+METHODS = ("source_only", "advent", "minent", "adaptsegnet")
+# Methods with discriminators (and their keys lr_disc, lambda_adv_*, disc_channels).
+ADVERSARIAL_METHODS = ("advent", "adaptsegnet")
 # Which earlier model each training section may start from.
 # `pretrained` = the network with `model.pretrained` ImageNet weights in its backbone;
 # `file` = the model file named by the section's `init_file` (a model this pipeline
@@ -196,11 +218,23 @@ class TrainParams:
     """One training step: source-only, inter-domain or intra-domain adaptation.
 
     `method` picks the target-side loss: none (`source_only`), the entropy-map
-    discriminator (`advent`) or direct entropy minimisation (`minent`). The keys of the
-    method in use are required; the others may stay in the file and are ignored.
+    discriminator (`advent`), direct entropy minimisation (`minent`) or the softmax-map
+    discriminator of AdaptSegNet's output-space adaptation (`adaptsegnet`, with `gan`:
+    its BCE or least-squares objective). The keys of the method in use are required;
+    the others may stay in the file and are ignored.
+
+    `lambda_seg` weighs the source-like side's whole segmentation loss (main head plus
+    `lambda_seg_aux` times the auxiliary head): 1 as in the released code; 0 trains the
+    target-side term alone (the intra step's adversarial term without the pseudo-labels'
+    cross-entropy: the paper's "AdvEnt + intra-domain adaptation" row, as we read it).
+
+    `adam` is the arithmetic of every Adam optimiser of the step (the discriminators',
+    and the network's with `optimizer: adam`): `current` (PyTorch >= 1.3) or `released`
+    (PyTorch 0.4.1's, the released code's: eps added to sqrt(v) before the bias
+    correction; `training.ReleasedAdam`).
     """
 
-    method: Literal["source_only", "advent", "minent"]
+    method: Literal["source_only", "advent", "minent", "adaptsegnet"]
     init: Literal["scratch", "pretrained", "source_only", "inter", "file"]
     iterations: int  # 0 only with init: file (the model is that file as it is)
     batch_size: int
@@ -210,6 +244,11 @@ class TrainParams:
     weight_decay: float
     poly_power: float  # lr * (1 - it / iterations) ** poly_power
     lambda_seg_aux: float  # weight of the auxiliary head's cross-entropy
+    # Weight of the source-like side's segmentation loss (main + lambda_seg_aux * aux):
+    # 1 as released; 0 only with a target-side term (advent, minent, adaptsegnet).
+    lambda_seg: float
+    # Adam's arithmetic: `current` (PyTorch >= 1.3) or `released` (PyTorch 0.4.1's).
+    adam: Literal["current", "released"]
     # BatchNorm during training: `train` (batch statistics, trained affine parameters,
     # running statistics updated), `frozen` (eval mode: running statistics and affine
     # parameters kept) or `released` (the released code: batch statistics, affine
@@ -226,10 +265,13 @@ class TrainParams:
     # Which snapshot the model file holds: `last` (the last iteration) or `best_val` (the
     # best on target-val: selected on the evaluation set, as the released code does).
     select: Literal["last", "best_val"]
-    lr_disc: float | None = None  # advent: discriminator Adam lr
-    lambda_adv_main: float | None = None  # advent: adversarial weight, main head
-    lambda_adv_aux: float | None = None  # advent: adversarial weight, aux head
-    disc_channels: tuple[int, ...] | None = None  # advent: discriminator conv widths
+    lr_disc: float | None = None  # advent, adaptsegnet: discriminator Adam lr
+    lambda_adv_main: float | None = None  # advent, adaptsegnet: adversarial weight, main head
+    lambda_adv_aux: float | None = None  # advent, adaptsegnet: adversarial weight, aux head
+    disc_channels: tuple[int, ...] | None = None  # advent, adaptsegnet: discriminator widths
+    # adaptsegnet: the GAN objective, `vanilla` (BCE on the logits) or `ls` (least
+    # squares: mean squared error of the raw outputs to the labels, as its `--gan LS`).
+    gan: Literal["vanilla", "ls"] | None = None
     lambda_ent_main: float | None = None  # minent: entropy weight, main head
     lambda_ent_aux: float | None = None  # minent: entropy weight, aux head
     # Iterations the poly schedule decays over, when longer than the run: AdvEnt decays
@@ -286,8 +328,14 @@ class TrainParams:
             _positive(f"{key}.{name}", getattr(self, name))
         if not 0 <= self.momentum < 1:
             _fail(f"{key}.momentum", self.momentum, "a number in [0, 1)")
-        for name in ("weight_decay", "poly_power", "lambda_seg_aux"):
+        for name in ("weight_decay", "poly_power", "lambda_seg_aux", "lambda_seg"):
             _non_negative(f"{key}.{name}", getattr(self, name))
+        if self.lambda_seg == 0 and self.method == "source_only":
+            _fail(
+                f"{key}.lambda_seg",
+                self.lambda_seg,
+                "a positive number with method source_only (0 leaves no loss to train on)",
+            )
         if self.checkpoint_every is not None:
             _positive(f"{key}.checkpoint_every", self.checkpoint_every)
         if self.schedule_iterations is not None and self.schedule_iterations < self.iterations:
@@ -300,6 +348,7 @@ class TrainParams:
             "source_only": (),
             "advent": ("lr_disc", "lambda_adv_main", "lambda_adv_aux", "disc_channels"),
             "minent": ("lambda_ent_main", "lambda_ent_aux"),
+            "adaptsegnet": ("lr_disc", "lambda_adv_main", "lambda_adv_aux", "disc_channels", "gan"),
         }[self.method]
         for name in needed:
             value = getattr(self, name)
@@ -505,10 +554,18 @@ def check_all(raw: dict[str, Any]) -> None:
         if train.init == "pretrained":
             check_pretrained(model, name)
         check_init_file(train, name)
-        if train.method == "advent":
+        if train.method in ADVERSARIAL_METHODS:
             sizes = [data.target_size] + ([data.source_size] if name == "inter" else [])
             height, width = min(s[1] for s in sizes), min(s[0] for s in sizes)
             check_discriminator_depth(train.disc_channels, height, width, name)
+    intra = get(raw, "intra")
+    if get(raw, "lambda") == 1 and intra.lambda_seg == 0:
+        # train_intra then runs self-training (source_only): no target side to train on.
+        _fail(
+            "intra.lambda_seg",
+            0.0,
+            "a positive number when lambda is 1 (self-training on the pseudo-labels alone)",
+        )
 
 
 def check_pretrained(model: ModelParams, section: str) -> None:
