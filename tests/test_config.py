@@ -294,6 +294,7 @@ def test_a_zero_pseudo_label_weight_needs_a_hard_split(tmp_path, params):
 @pytest.mark.parametrize("value", [0, 5])
 def test_aspp_branches_count_the_four_deeplab_branches(tmp_path, params, value):
     params["model"] = {"name": "deeplabv2", "weights_format": "deeplab", "align_corners": True}
+    params["model"]["pretrained"] = "data/params.ok"
     params["model"]["aspp_branches"] = 2  # the released AdaptSegNet network
     check(tmp_path, params)
     params["model"]["aspp_branches"] = value
