@@ -259,12 +259,19 @@ class TrainParams:
     param_listing: Literal["unique", "released"]
     hflip: bool  # random horizontal flips of training images
     log_every: int  # iterations between logged loss values
-    # Iterations between validations on target-val (and one at the last iteration);
-    # 0 = none. Logged as val/mIoU; recorded in the model file.
+    # Iterations between validation points (and one at the last iteration); 0 = none.
+    # Each computes the target-val mIoU (val/mIoU) and the probe's label-free criteria
+    # (select/<criterion>); both curves are recorded in the model file.
     eval_every: int
-    # Which snapshot the model file holds: `last` (the last iteration) or `best_val` (the
-    # best on target-val: selected on the evaluation set, as the released code does).
-    select: Literal["last", "best_val"]
+    # Which snapshot the model file holds: `last` (the last iteration), `best_val` (the
+    # best on target-val: selected on the evaluation set, as the released code does) or
+    # the best by a label-free criterion on target-train: `entropy` (lowest mean
+    # prediction entropy), `infomax` (highest information maximisation) or `snd`
+    # (highest soft neighbourhood density; docs/method-study.md).
+    select: Literal["last", "best_val", "entropy", "infomax", "snd"]
+    # Target-train images the label-free criteria (`intrada.selection`: entropy, infomax,
+    # snd) are computed on at every validation point; 0 = none. Needed by those selects.
+    probe_images: int
     lr_disc: float | None = None  # advent, adaptsegnet: discriminator Adam lr
     lambda_adv_main: float | None = None  # advent, adaptsegnet: adversarial weight, main head
     lambda_adv_aux: float | None = None  # advent, adaptsegnet: adversarial weight, aux head
@@ -317,7 +324,15 @@ class TrainParams:
                 f"unique with optimizer {self.optimizer} (the released listing is SGD's)",
             )
         _non_negative(f"{key}.eval_every", self.eval_every)
-        if self.select == "best_val" and self.eval_every == 0:
+        _non_negative(f"{key}.probe_images", self.probe_images)
+        if self.select in ("entropy", "infomax", "snd") and self.probe_images == 0:
+            _fail(
+                f"{key}.select",
+                self.select,
+                f"last or best_val when {key}.probe_images is 0 (no target-train probe to "
+                "compute the label-free criterion on)",
+            )
+        if self.select != "last" and self.eval_every == 0:
             _fail(
                 f"{key}.select",
                 self.select,

@@ -31,6 +31,7 @@ from intrada.io import atomic_path
 from intrada.models import build_model, load_pretrained
 from intrada.models.deeplabv2 import RELEASED_EXPECTED, load_released, state_dict_of
 from intrada.resume import Checkpoints, file_sha256, run_key
+from intrada.selection import TargetProbe, probe_indices
 from intrada.training import Diverged, train
 from intrada.validation import Selection
 
@@ -155,6 +156,8 @@ def run_training(
     compute: Compute = CPU,
     checkpoint_dir: Path | None = None,
     val_index: Path | None = None,
+    probe_index: Path | None = None,
+    run_key_of_stage: int | None = None,
 ) -> nn.Module:
     """Train on a labelled source-like index (and an unlabelled target index unless the
     method is source_only), log curves with dvclive and save the model with provenance.
@@ -164,6 +167,10 @@ def run_training(
     every `cfg.eval_every` iterations, at the target size with predictions upsampled to
     each label as the evaluate stage does; the curve is logged as `val/mIoU` and stored
     in the model file's `meta["validation"]`, with the snapshot `cfg.select` picked.
+    With `probe_index` (unlabelled target-train) and `cfg.probe_images` > 0, each
+    validation point also computes the label-free criteria (`intrada.selection`) on a
+    fixed subset of those images, logged as `select/<criterion>`. `run_key_of_stage`
+    gives the run its own batch order (default: the stage's, `RUN_KEYS`).
     With several processes (torchrun) every process trains, and only the main one
     validates, logs curves and writes the model. With `checkpoint_dir` an interrupted
     run resumes (`intrada.resume`).
@@ -197,6 +204,12 @@ def run_training(
             size=target_size,
             resize_labels=False,
         )
+    probe = None
+    if probe_index is not None and cfg.probe_images > 0 and cfg.eval_every > 0:
+        probe_set = SegmentationSet(
+            load_index(probe_index, labelled=False), classes, root, labelled=False, size=target_size
+        )
+        probe = TargetProbe(probe_set, probe_indices(len(probe_set), cfg.probe_images), 16)
     model, init_from = initial_model(
         model_params,
         classes,
@@ -226,6 +239,8 @@ def run_training(
             inputs.append(Path(model_params.pretrained))
         if val_set is not None:
             inputs.append(val_index)
+        if probe is not None:
+            inputs.append(probe_index)
         key = run_key({"params": params, "processes": compute.world}, inputs)
         checkpoints = Checkpoints(checkpoint_dir, cfg.checkpoint_every, key)
 
@@ -243,11 +258,12 @@ def run_training(
                 cfg,
                 seed,
                 on_log=live,
-                run_key=RUN_KEYS[stage],
+                run_key=RUN_KEYS[stage] if run_key_of_stage is None else run_key_of_stage,
                 compute=compute,
                 checkpoints=checkpoints,
                 val_set=val_set,
                 on_val=live.validation if live is not None else None,
+                probe=probe,
             )
         except Diverged as exc:
             if not compute.main:
@@ -284,8 +300,9 @@ def run_training(
 
 
 class LiveLog:
-    """Training curves through dvclive: `train/<loss>` per logged iteration and
-    `val/mIoU` per validation, on the same step axis (the iteration)."""
+    """Training curves through dvclive: `train/<loss>` per logged iteration, and per
+    validation point `val/mIoU` and the label-free criteria `select/<criterion>`, on
+    the same step axis (the iteration)."""
 
     def __init__(self, directory: Path):
         self.directory = directory
@@ -303,11 +320,17 @@ class LiveLog:
             self.live.log_metric(f"train/{key}", value)
         self.live.next_step()
 
-    def validation(self, iteration: int, miou: float | None) -> None:
-        if miou is None:  # no class had an IoU: nothing to plot
+    def validation(
+        self, iteration: int, miou: float | None, criteria: dict[str, float] | None = None
+    ) -> None:
+        values = {f"select/{k}": v for k, v in (criteria or {}).items()}
+        if miou is not None:  # None: no labels, or no class had an IoU: nothing to plot
+            values["val/mIoU"] = miou
+        if not values:
             return
         self.live.step = iteration
-        self.live.log_metric("val/mIoU", miou)
+        for key, value in values.items():
+            self.live.log_metric(key, value)
         self.live.next_step()
 
     def __exit__(self, *exc) -> None:

@@ -37,6 +37,7 @@ from intrada.losses import (
 )
 from intrada.models import EntropyDiscriminator, upsample
 from intrada.resume import Checkpoints
+from intrada.selection import CRITERIA, TargetProbe
 from intrada.validation import Selection, validation_miou
 
 log = logging.getLogger(__name__)
@@ -480,7 +481,8 @@ def train(
     compute: Compute = CPU,
     checkpoints: Checkpoints | None = None,
     val_set: SegmentationSet | None = None,
-    on_val: Callable[[int, float | None], None] | None = None,
+    on_val: Callable[[int, float | None, dict[str, float] | None], None] | None = None,
+    probe: TargetProbe | None = None,
 ) -> Selection:
     """Train `model` in place for `cfg.iterations` steps; returns its validation record.
 
@@ -491,12 +493,14 @@ def train(
     run's batch order. With several processes each trains on its share of every step's
     batches (`EndlessBatches`), `cfg.batch_size` images per process.
 
-    With `val_set`, the main process evaluates the model on it every `cfg.eval_every`
-    iterations and at the last one (the others wait) and calls `on_val(iteration,
-    mIoU)`. Validation changes nothing in training: it runs in eval mode without
-    gradients, restores the BatchNorm mode after, and leaves the RNG as it was. With
-    `cfg.select` = best_val the model ends with the weights of its best iteration on
-    `val_set` instead of the last.
+    With `val_set` and/or `probe` (unlabelled target-train images), the main process
+    validates every `cfg.eval_every` iterations and at the last one (the others wait):
+    the mIoU on `val_set` and the probe's label-free criteria (`intrada.selection`), then
+    `on_val(iteration, mIoU, criteria)` (None for what it lacks). Validation changes
+    nothing in training: it runs in eval mode without gradients, restores the BatchNorm
+    mode after, and leaves the RNG as it was. With `cfg.select` other than last the
+    model ends with the weights of the snapshot it selects (best on `val_set`, or best
+    by a criterion) instead of the last.
 
     With `checkpoints`, an unfinished checkpoint of the same run is resumed from (its
     logged curves are replayed through `on_log` and `on_val` first, and the best
@@ -511,12 +515,15 @@ def train(
         raise ValueError(f"method {cfg.method} needs a target set")
     if cfg.select == "best_val" and (val_set is None or cfg.eval_every == 0):
         raise ValueError("select = best_val needs a validation set and eval_every > 0")
+    if cfg.select in CRITERIA and (probe is None or cfg.eval_every == 0):
+        raise ValueError(f"select = {cfg.select} needs a target probe and eval_every > 0")
     model = compute.module(model)
     set_batchnorm(model, cfg.batchnorm)
     # Discriminator initialisation: a seed derived from both, so no two (seed, run) collide.
     torch.manual_seed(int(np.random.SeedSequence([seed, run_key]).generate_state(1)[0]))
     step = AdaptationStep(model, cfg, source.num_classes, compute)
-    selection = Selection(cfg.select, cfg.eval_every if val_set is not None else 0)
+    validates = val_set is not None or probe is not None
+    selection = Selection(cfg.select, cfg.eval_every if validates else 0)
     start, window, history = 0, {}, []
     resumed = checkpoints.load() if checkpoints is not None else None
     if resumed is not None:
@@ -525,8 +532,9 @@ def train(
             for iteration, means in history:
                 on_log(iteration, means)
         if compute.main and on_val is not None:
+            criteria = dict(selection.criteria)
             for iteration, miou in selection.curve:
-                on_val(iteration, miou)
+                on_val(iteration, miou, criteria.get(iteration))
 
     def batches(dataset, stream):
         sampler = EndlessBatches(
@@ -579,12 +587,22 @@ def train(
                     on_log(it + 1, means)
         if selection.due(it + 1, cfg.iterations):
             if compute.main:
-                miou = validation_miou(model, val_set, cfg.batch_size, compute)
+                miou = criteria = None
+                if val_set is not None:
+                    miou = validation_miou(model, val_set, cfg.batch_size, compute)
+                if probe is not None:
+                    criteria = probe.criteria(model, compute)
                 set_batchnorm(model, cfg.batchnorm)  # validation ran in eval mode
-                selection.record(it + 1, miou, model)
-                log.info("iteration %d/%d val mIoU %s", it + 1, cfg.iterations, miou)
+                selection.record(it + 1, miou, model, criteria)
+                log.info(
+                    "iteration %d/%d val mIoU %s%s",
+                    it + 1,
+                    cfg.iterations,
+                    miou,
+                    "".join(f" {k} {v:.5f}" for k, v in (criteria or {}).items()),
+                )
                 if on_val is not None:
-                    on_val(it + 1, miou)
+                    on_val(it + 1, miou, criteria)
             if compute.distributed:
                 dist.barrier()  # the other processes wait for the main one's validation
         if (checkpoints is not None and checkpoints.due(it + 1, cfg.iterations)) or last:
@@ -594,7 +612,7 @@ def train(
                 raise Diverged(it + 1, cfg.iterations, bad_weights, lr)
         if checkpoints is not None and compute.main and checkpoints.due(it + 1, cfg.iterations):
             checkpoints.save(snapshot(step, it + 1, window, history, selection), complete=last)
-    if cfg.select == "best_val" and compute.main and selection.best_state is not None:
+    if cfg.select != "last" and compute.main and selection.best_state is not None:
         model.load_state_dict(selection.best_state)
     model.cpu()
     return selection

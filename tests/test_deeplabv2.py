@@ -334,6 +334,7 @@ def test_pretrained_init_loads_the_backbone_and_trains_with_10x_heads(
         log_every=1,
         eval_every=0,
         select="last",
+        probe_images=0,
         schedule_iterations=8,
     )
     set_batchnorm(model, "frozen")
@@ -525,6 +526,7 @@ def test_adaptsegnets_classifier_sums_its_first_two_branches_and_freezes_the_res
         log_every=1,
         eval_every=0,
         select="last",
+        probe_images=0,
     )
     set_batchnorm(model, "released")
     listed = {

@@ -99,6 +99,7 @@ SWITCHES = TrainParams(
     log_every=1,
     eval_every=0,
     select="last",
+    probe_images=0,
     lr_disc=1e-4,
     lambda_adv_main=1e-3,
     lambda_adv_aux=2e-4,
