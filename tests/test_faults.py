@@ -299,3 +299,29 @@ def test_a_fault_fires_only_in_its_stage_at_its_nth_point(tmp_path):
         faults.point("shard")  # fired once only
     finally:
         faults.arm("none", {})
+
+
+def test_a_model_file_over_the_file_size_limit_is_one_line(tmp_path):
+    """PyTorch's writer reports a refused write without its cause; `io.save_torch`
+    infers it (here: the file reached `ulimit -f`)."""
+    script = (
+        "import torch\n"
+        "from intrada.checkpoint import save_model\n"
+        "from intrada.errors import IntradaError\n"
+        "try:\n"
+        "    save_model('models/model.pt', torch.nn.Linear(100, 100), {})\n"
+        "except IntradaError as exc:\n"
+        "    print(exc)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (16384, 16384)),
+    )
+    assert result.stdout.splitlines() == [
+        "models/model.pt: writing failed: File too large (file-size limit 16.0 KiB: ulimit -f)"
+    ], result.stderr[-2000:]
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == []
