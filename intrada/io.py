@@ -90,7 +90,10 @@ def _locked_temp(path: Path) -> tuple[Path, int]:
             tmp.mkdir()
         except FileExistsError:
             continue
-        fd = os.open(tmp, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fd = os.open(tmp, os.O_RDONLY | os.O_DIRECTORY)
+        except FileNotFoundError:
+            continue  # swept between mkdir and open by a sweeper
         with contextlib.suppress(OSError):  # no locks on this file system: go without
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         if os.path.isdir(tmp) and os.stat(tmp).st_ino == os.fstat(fd).st_ino:
@@ -230,7 +233,7 @@ def _refused_write(path: str | Path) -> int | None:
     with contextlib.suppress(OSError):
         if limit != resource.RLIM_INFINITY and os.path.getsize(path) >= limit - 65536:
             return errno.EFBIG
-    if free_space(path) < 1 << 20:  # less than a block group's worth: full, in practice
+    if free_space(path) < 1 << 20:  # under 1 MiB left: the write most likely found it full
         return errno.ENOSPC
     return None
 

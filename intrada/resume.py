@@ -65,7 +65,10 @@ def interned(obj: Any) -> Any:
     if isinstance(obj, str):
         return sys.intern(obj)
     if isinstance(obj, dict):
-        return {interned(k): interned(v) for k, v in obj.items()}
+        copy = type(obj)((interned(k), interned(v)) for k, v in obj.items())
+        if hasattr(obj, "__dict__"):  # a state dict's `_metadata`: kept as it is
+            vars(copy).update(vars(obj))
+        return copy
     if isinstance(obj, list):
         return [interned(v) for v in obj]
     if isinstance(obj, tuple):
