@@ -32,6 +32,7 @@ from intrada.models import build_model, load_pretrained
 from intrada.models.deeplabv2 import RELEASED_EXPECTED, load_released, state_dict_of
 from intrada.resume import Checkpoints, file_sha256, run_key
 from intrada.selection import TargetProbe, probe_indices
+from intrada.space import training_plan
 from intrada.training import Diverged, train
 from intrada.validation import Selection
 
@@ -175,6 +176,9 @@ def run_training(
     validates, logs curves and writes the model. With `checkpoint_dir` an interrupted
     run resumes (`intrada.resume`).
 
+    Before training, the free space must hold the model file and two checkpoints
+    (`space.training_plan`), else one line says so.
+
     `cfg.init` = file starts from `cfg.init_file` (`start_file_model`); with
     `cfg.iterations` = 0 the model file written is that model as it is. A run that
     diverges (`training.Diverged`) stops with one line naming the stage, the iteration
@@ -218,6 +222,8 @@ def run_training(
         pretrained=cfg.init == "pretrained",
         from_file=cfg.init == "file",
     )
+    if compute.main:  # the model file and checkpoints fit, or one line before training
+        training_plan(model, cfg, len(classes), model_out, checkpoint_dir).check()
     log.info(
         "%s: %s training, %d iterations, %d source-like%s images, start: %s, on %s x %d",
         stage,

@@ -21,6 +21,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from intrada import faults
 from intrada.classes import IGNORE_INDEX
 from intrada.compute import CPU, Compute, mean_across
 from intrada.config import ADVERSARIAL_METHODS, TrainParams
@@ -552,6 +553,12 @@ def train(
 
     src_iter = batches(source, SOURCE_STREAM)
     trg_iter = batches(target, TARGET_STREAM) if cfg.method != "source_only" else None
+    if resumed is not None:
+        # After the loaders: each draws its base seed from this stream when its iterator
+        # is made, as the interrupted run's did before it saved the state. Restored
+        # earlier, the stream would run those draws ahead and every later checkpoint
+        # would hold another RNG state than the uninterrupted run's.
+        torch.set_rng_state(resumed["torch_rng"])
     bar = tqdm(
         range(start, cfg.iterations),
         desc="train",
@@ -612,6 +619,8 @@ def train(
                 raise Diverged(it + 1, cfg.iterations, bad_weights, lr)
         if checkpoints is not None and compute.main and checkpoints.due(it + 1, cfg.iterations):
             checkpoints.save(snapshot(step, it + 1, window, history, selection), complete=last)
+            if not last:
+                faults.point("trained", checkpoints.path)
     if cfg.select != "last" and compute.main and selection.best_state is not None:
         model.load_state_dict(selection.best_state)
     model.cpu()
@@ -641,7 +650,8 @@ def snapshot(
 
 def restore(step: AdaptationStep, state: dict, selection: Selection) -> tuple[int, dict, list]:
     """Load a snapshot into `step` and `selection`; returns (iteration, loss window,
-    logged history)."""
+    logged history). The RNG state is the caller's to restore (`train`: after its data
+    loaders are made)."""
     step.model.load_state_dict(state["model"])
     selection.restore(state["validation"])
     step.optimizer.load_state_dict(state["optimizer"])
@@ -649,7 +659,6 @@ def restore(step: AdaptationStep, state: dict, selection: Selection) -> tuple[in
         step.discs.main.load_state_dict(state["disc_main"])
         step.discs.aux.load_state_dict(state["disc_aux"])
         step.discs.optimizer.load_state_dict(state["disc_optimizer"])
-    torch.set_rng_state(state["torch_rng"])
     window = {k: list(v) for k, v in state["window"].items()}
     history = [(int(i), dict(m)) for i, m in state["history"]]
     return int(state["iteration"]), window, history
