@@ -8,7 +8,7 @@ INSTALLED := $(VENV)/.installed
 # Stage commands call `python`: put the project's environment first on PATH.
 RUN := PATH="$(CURDIR)/$(BIN):$$PATH"
 
-.PHONY: help install repro test lint method-gain bench gpu-check smoke report plots evaluate-model
+.PHONY: help install repro test test-faults lint method-gain bench gpu-check smoke report plots evaluate-model
 
 install: $(INSTALLED) ## create .venv and install the pinned requirements (once)
 
@@ -27,8 +27,13 @@ ifdef PROFILE
 endif
 	$(RUN) dvc repro
 
-test: $(INSTALLED) ## run the test suite
-	$(RUN) python -m pytest -q
+test: $(INSTALLED) ## run the test suite (all but the fault-injection matrix)
+	$(RUN) python -m pytest -q -m "not faults"
+
+# Kills and failed writes injected into every writing stage of a real `dvc repro`
+# (docs/reliability.md): minutes, so apart from `make test`; CI runs both.
+test-faults: $(INSTALLED) ## the fault-injection matrix through dvc repro (several minutes)
+	$(RUN) python -m pytest -q -m faults
 
 # One self-contained HTML file of the metrics and every plot of `dvc plots show`,
 # rendered offline (docs/plots.md).

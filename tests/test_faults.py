@@ -135,6 +135,7 @@ def reference(pristine, tmp_path_factory) -> dict:
 
 
 @pytest.mark.slow
+@pytest.mark.faults
 def test_a_kill_inside_each_stage_leaves_nothing_once_repro_completes(
     pristine, reference, tmp_path
 ):
@@ -174,6 +175,7 @@ def owner(temp: str, stage: dict) -> bool:
 
 
 @pytest.mark.slow
+@pytest.mark.faults
 def test_a_killed_forced_run_restored_from_the_run_cache_is_swept_by_the_next_stage(reference):
     """`dvc repro -f -s score_entropy` killed, then `dvc repro`: DVC restores the outputs
     from its run cache without running the stage, so the stage cannot sweep its own
@@ -195,6 +197,7 @@ def test_a_killed_forced_run_restored_from_the_run_cache_is_swept_by_the_next_st
 
 
 @pytest.mark.slow
+@pytest.mark.faults
 def test_no_space_inside_scoring_is_one_line_and_the_next_repro_completes(reference):
     root = reference["root"]
     # The 5th member written: the first of data/entropy/maps' maps, after predictions too.
@@ -213,6 +216,7 @@ def test_no_space_inside_scoring_is_one_line_and_the_next_repro_completes(refere
 
 
 @pytest.mark.slow
+@pytest.mark.faults
 def test_a_file_size_limit_while_scoring_is_one_line_and_changes_nothing(reference):
     """A real refused write: the stage run with `ulimit -f` below its first shard's size
     (Python ignores SIGXFSZ, so the write fails with EFBIG)."""
