@@ -73,7 +73,7 @@ from intrada.io import write_json
 from intrada.layouts import index_cityscapes
 from intrada.models import build_model
 from intrada.runs import arch_config
-from intrada.synthetic import set_files, write_set
+from intrada.synthetic import set_files, write_images
 from intrada.training import AdaptationStep, set_batchnorm
 
 REPO = Path(__file__).resolve().parents[1]
@@ -209,7 +209,9 @@ class Context:
         cfg = dataclasses.replace(get(raw, "inter"), method="advent")
         if preset.batch_size is not None:
             cfg = dataclasses.replace(cfg, batch_size=preset.batch_size)
-        params = dataclasses.replace(get(raw, "compute"), nproc=1, compile=False)
+        # The check runs where it is started: on the GPU when PyTorch sees one, else the
+        # CPU rows (the profiles' `device: cuda` would stop on a CPU machine).
+        params = dataclasses.replace(get(raw, "compute"), device="auto", nproc=1, compile=False)
         return cls(
             preset_name,
             preset,
@@ -728,7 +730,7 @@ def image_table(ctx: Context, count: int) -> pd.DataFrame:
         total = max(preset.score_images, preset.eval_images)
         unique = min(preset.unique_images, total)
         width, height = preset.file_size
-        write_set("target_val", unique, 0, height, width, 1.0, 1.0, root)
+        write_images(("target_val", 0, unique, 0, height, width, 1.0, 1.0, root))
         for i in range(unique, total):
             for made, copied in zip(
                 set_files("target_val", i % unique)[1:], set_files("target_val", i)[1:], strict=True
@@ -959,7 +961,7 @@ def status_text(row: dict) -> str:
 
 
 def goals(rows: dict[str, dict], ctx: Context) -> dict:
-    """The issue's targets: ours at least 1.5x the reference-style loop, and the
+    """The check's targets: ours at least 1.5x the reference-style loop, and the
     120,000-iteration stage under 12 h on one GPU (CUDA only)."""
     reference = rows.get("step_reference_fp32", {})
     ours = [

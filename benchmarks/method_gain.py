@@ -206,6 +206,9 @@ def run_seed(
     and under "noise" the paired-bootstrap deviations of its gains."""
     params = copy.deepcopy(base)
     params["seed"] = seed
+    # Seed s is benchmark draw s trained with seed s, as before the draw had its own key.
+    if params["generate"].get("synthetic") is not None:
+        params["generate"]["synthetic"]["draw"] = seed
     root = workdir / f"seed_{seed}"
     results = {}
     with open(workdir / f"seed_{seed}.log", "w") as log:

@@ -18,8 +18,9 @@ In a temporary folder outside the workspace it writes:
 - a throw-away copy of the project (`intrada.dag.copy_pipeline`), committed to a fresh
   git repository (dvclive needs a commit), whose params.yaml is the profile with only
   these changed: the dataset roots and weights file, 2 iterations per training stage,
-  validation and a checkpoint at iteration 2, a loss logged every iteration, and no
-  DataLoader workers (so that a stage's peak memory is its own process's).
+  validation and a checkpoint at iteration 2, a loss logged every iteration, no
+  DataLoader workers (so that a stage's peak memory is its own process's) and
+  `compute.device: cpu` (the profiles insist on `cuda`).
 
 Then it runs every stage through DVC, one at a time in DAG order (`dvc repro
 --single-item <stage>`, each measured as a child process: wall time and peak RSS from
@@ -237,6 +238,8 @@ def smoke_params(profile: str, source: Path, target: Path, weights: Path, factor
             iterations=ITERATIONS, eval_every=ITERATIONS, checkpoint_every=ITERATIONS, log_every=1
         )
     params["compute"]["num_workers"] = 0
+    # The profiles insist on CUDA (compute.device: cuda); the smoke run measures the CPU.
+    params["compute"]["device"] = "cpu"
     return params
 
 

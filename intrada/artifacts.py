@@ -27,7 +27,7 @@ import struct
 import zipfile
 import zlib
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -36,8 +36,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from intrada import faults
 from intrada.errors import IntradaError
-from intrada.io import read_label_png, read_parquet
+from intrada.io import naming, read_label_png, read_parquet
 
 ENTROPY_LEVELS = 255  # 8-bit maps: entropy e in [0, 1] is stored as round(255 * e)
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -137,14 +138,25 @@ class ShardWriter:
     closed when the first member of a later one arrives (each process writes whole
     shards, in order) or at `close()`. Not atomic by itself: write into a temporary
     folder that is renamed into place (`io.atomic_path`, `compute.shared_atomic_dirs`).
+    `on_shard(images, bytes)`, if given, hears of each shard closed
+    (`space.Need.shard_written`). A write error names the shard file (`io.naming`).
     """
 
-    def __init__(self, directory: Path, shard_size: int):
+    def __init__(
+        self,
+        directory: Path,
+        shard_size: int,
+        on_shard: Callable[[int, int], None] | None = None,
+    ):
         if shard_size < 1:
             raise ValueError(f"shard_size must be positive, got {shard_size}")
-        self.directory, self.shard_size = Path(directory), shard_size
+        self.directory, self.shard_size, self.on_shard = Path(directory), shard_size, on_shard
         self._shard: int | None = None
         self._zip: zipfile.ZipFile | None = None
+
+    @property
+    def _path(self) -> Path:
+        return self.directory / shard_name(self._shard)
 
     def add(self, position: int, member: str, data: bytes) -> None:
         shard = shard_of(position, self.shard_size)
@@ -153,18 +165,24 @@ class ShardWriter:
                 raise ValueError(f"shard {shard} after shard {self._shard}: write in order")
             self.close()
             self.directory.mkdir(parents=True, exist_ok=True)
-            self._zip = zipfile.ZipFile(self.directory / shard_name(shard), "x")
             self._shard = shard
+            with naming(self._path):
+                self._zip = zipfile.ZipFile(self._path, "x")
         info = zipfile.ZipInfo(member, date_time=_ZIP_DATE)
         info.compress_type = zipfile.ZIP_STORED  # PNGs are compressed already
         info.external_attr = _ZIP_MODE
         info.create_system = 3  # Unix, whatever the platform
-        self._zip.writestr(info, data)
+        with naming(self._path):
+            self._zip.writestr(info, data)
+            faults.point("shard", self._path)
 
     def close(self) -> None:
         if self._zip is not None:
-            self._zip.close()
-            self._zip = None
+            archive, self._zip = self._zip, None
+            with naming(self._path):
+                archive.close()
+            if self.on_shard is not None:
+                self.on_shard(len(archive.filelist), os.path.getsize(self._path))
 
     def __enter__(self) -> ShardWriter:
         return self
@@ -180,8 +198,15 @@ class EntropyShards:
 
     kind = "map"
 
-    def __init__(self, directory: Path, root: Path, shard_size: int, downsample: int = 1):
-        self.writer = ShardWriter(directory, shard_size)
+    def __init__(
+        self,
+        directory: Path,
+        root: Path,
+        shard_size: int,
+        downsample: int = 1,
+        on_shard: Callable[[int, int], None] | None = None,
+    ):
+        self.writer = ShardWriter(directory, shard_size, on_shard)
         self.root, self.shard_size, self.downsample = root, shard_size, downsample
 
     def add(self, position: int, image_id: str, entropy: np.ndarray) -> None:
@@ -200,8 +225,15 @@ class EntropyShards:
 class LabelShards(EntropyShards):
     """Label maps (uint8 train ids, 255 = ignore) as PNGs in shards, `<kind>_*` columns."""
 
-    def __init__(self, directory: Path, root: Path, shard_size: int, kind: str):
-        super().__init__(directory, root, shard_size)
+    def __init__(
+        self,
+        directory: Path,
+        root: Path,
+        shard_size: int,
+        kind: str,
+        on_shard: Callable[[int, int], None] | None = None,
+    ):
+        super().__init__(directory, root, shard_size, on_shard=on_shard)
         self.kind = kind
 
     def add(self, position: int, image_id: str, label: np.ndarray) -> None:

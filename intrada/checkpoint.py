@@ -20,10 +20,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from intrada import __version__
+from intrada import __version__, faults
 from intrada.classes import ClassSet
 from intrada.errors import IntradaError, load_failure
-from intrada.io import atomic_path
+from intrada.io import atomic_path, save_torch
 from intrada.models import build_model
 
 MODEL_FORMAT = "intrada-model/1"
@@ -96,7 +96,8 @@ def save_model(path: str | Path, model: nn.Module, meta: dict[str, Any]) -> None
     """Write weights and provenance atomically."""
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     with atomic_path(path) as tmp:
-        torch.save({"state_dict": state, "meta": meta}, tmp)
+        save_torch({"state_dict": state, "meta": meta}, tmp)
+        faults.point("model", tmp)
 
 
 def read_weights(path: str | Path, expected: str) -> Any:

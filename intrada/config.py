@@ -40,6 +40,12 @@ def _fail(key: str, value: Any, expected: str) -> typing.NoReturn:
     raise ParamsError(f"{PARAMS_FILE}: {key} = {value!r} is invalid: expected {expected}")
 
 
+def _queue_hint(path: Path) -> str:
+    """Queued and --temp experiments run in a copy of the git-tracked files, without the
+    git-ignored data/raw/ links: a relative path there finds nothing."""
+    return "" if path.is_absolute() else "; queued experiments need an absolute path"
+
+
 # --- sections -------------------------------------------------------------------------
 
 
@@ -113,14 +119,16 @@ class DataParams:
         """The class table's label set of the target's labels."""
         return "cityscapes" if self.target_layout == "cityscapes" else "target"
 
-    def check(self, key: str) -> None:
+    def check(self, key: str, roots: tuple[str, ...] = ("source_root", "target_root")) -> None:
+        """`roots`: the dataset folders that must exist (a command that reads only the
+        target leaves out the source's)."""
         for name in ("source_size", "target_size"):
             size = getattr(self, name)
             if len(size) != 2 or min(size) < 16:
                 _fail(f"{key}.{name}", list(size), "[width, height], each at least 16 pixels")
         if self.name == "synthetic":
             for name, expected in SYNTHETIC_ROOTS.items():
-                if getattr(self, name) != expected:
+                if name in roots and getattr(self, name) != expected:
                     _fail(
                         f"{key}.{name}",
                         getattr(self, name),
@@ -133,20 +141,21 @@ class DataParams:
                     "cityscapes for the synthetic benchmark (generate_data writes that layout)",
                 )
         else:
-            if not Path(self.source_root).is_dir():
+            source = Path(self.source_root)
+            if "source_root" in roots and not source.is_dir():
                 _fail(
                     f"{key}.source_root",
                     self.source_root,
-                    f"an existing folder (the {self.name} root)",
+                    f"an existing folder (the {self.name} root){_queue_hint(source)}",
                 )
-            if self.target_layout == "cityscapes" and (
-                self.target_root is None or not Path(self.target_root).is_dir()
-            ):
-                _fail(
-                    f"{key}.target_root",
-                    self.target_root,
-                    "an existing folder (the Cityscapes root)",
-                )
+            if "target_root" in roots and self.target_layout == "cityscapes":
+                target = Path(self.target_root or "")
+                if self.target_root is None or not target.is_dir():
+                    _fail(
+                        f"{key}.target_root",
+                        self.target_root,
+                        f"an existing folder (the Cityscapes root){_queue_hint(target)}",
+                    )
         if (self.target_val_images == NO_FILE) != (self.target_val_labels == NO_FILE):
             named = (
                 "target_val_labels" if self.target_val_images == NO_FILE else "target_val_images"
@@ -157,7 +166,7 @@ class DataParams:
                 f"{NO_FILE} like the other target_val key (a labelled target-val has both "
                 "images and labels, or neither)",
             )
-        if self.target_layout == "folder":
+        if self.target_layout == "folder" and "target_root" in roots:
             self._check_folders(key)
         if self.classes == "builtin" and self.class_table != NO_FILE:
             _fail(
@@ -169,7 +178,8 @@ class DataParams:
             _fail(
                 f"{key}.class_table",
                 self.class_table,
-                f"an existing class table file when {key}.classes is table",
+                f"an existing class table file when {key}.classes is table"
+                + _queue_hint(Path(self.class_table)),
             )
 
     def _check_folders(self, key: str) -> None:
@@ -180,18 +190,32 @@ class DataParams:
                 "null with target_layout folder (the folder layout names its folders in "
                 "target_train, target_train_labels, target_val_images, target_val_labels)",
             )
-        if self.target_train == NO_FILE or not Path(self.target_train).is_dir():
-            _fail(f"{key}.target_train", self.target_train, "an existing folder of images")
+        train = Path(self.target_train)
+        if self.target_train == NO_FILE or not train.is_dir():
+            _fail(
+                f"{key}.target_train",
+                self.target_train,
+                f"an existing folder of images{_queue_hint(train)}",
+            )
         for name in ("target_train_labels", "target_val_images", "target_val_labels"):
             value = getattr(self, name)
             if value != NO_FILE and not Path(value).is_dir():
-                _fail(f"{key}.{name}", value, f"an existing folder, or {NO_FILE} for none")
+                _fail(
+                    f"{key}.{name}",
+                    value,
+                    f"an existing folder, or {NO_FILE} for none{_queue_hint(Path(value))}",
+                )
 
 
 @dataclass(frozen=True)
 class SyntheticParams:
-    """The embedded procedural benchmark (no download), generated by the pipeline."""
+    """The embedded procedural benchmark (no download), generated by the pipeline.
 
+    `draw` seeds the benchmark itself (its scenes, looks and severities), apart from the
+    top-level `seed` that seeds training (initialisation, data order): a training seed
+    can be varied on one fixed benchmark, or the benchmark redrawn."""
+
+    draw: int  # which benchmark: the seed of its random scenes
     height: int  # image height in pixels
     width: int  # image width in pixels
     num_source: int  # labelled source images
@@ -201,6 +225,7 @@ class SyntheticParams:
     severity_beta: float
 
     def check(self, key: str) -> None:
+        _non_negative(f"{key}.draw", self.draw)
         for name in ("height", "width"):
             value = getattr(self, name)
             if value < 16 or value % 8:
@@ -241,13 +266,23 @@ class ModelParams:
     done: training losses, entropy maps, scores, pseudo-labels, validation and
     evaluation (the released code uses true everywhere). It is part of the architecture
     stored in the model file, so every stage follows the model it loads.
+
+    `aspp_branches` (deeplabv2 only) is how many of the four ASPP branches (dilations 6,
+    12, 18, 24) each classifier sums: 4 is DeepLab-v2 as published and as the released
+    AdvEnt / IntraDA code runs it; 2 is the released AdaptSegNet network, whose
+    classifier returns after adding the second branch (an early `return` its authors
+    acknowledged; the other two branches exist, untrained). Unset = 4. Architecture too.
     """
 
     name: Literal["small", "deeplabv2"]
     align_corners: bool
+    # The local ImageNet weights file, or NO_FILE when no section starts from it. dvc.yaml
+    # declares it as a dependency of every training stage, so that replacing the file in
+    # place re-runs them (a path param alone would not notice).
+    pretrained: str
     width: int | None = None
     weights_format: Literal["torchvision", "deeplab"] | None = None
-    pretrained: str | None = None
+    aspp_branches: int | None = None
 
     def check(self, key: str) -> None:
         needed = {"small": "width", "deeplabv2": "weights_format"}[self.name]
@@ -257,9 +292,24 @@ class ModelParams:
             )
         if self.width is not None:
             _positive(f"{key}.width", self.width)
+        if self.aspp_branches is not None:
+            if self.name != "deeplabv2":
+                _fail(
+                    f"{key}.aspp_branches",
+                    self.aspp_branches,
+                    f"no value for model {self.name} (a DeepLab-v2 key; remove it)",
+                )
+            if not 1 <= self.aspp_branches <= 4:
+                _fail(
+                    f"{key}.aspp_branches",
+                    self.aspp_branches,
+                    "an integer from 1 to 4 (4: DeepLab-v2 / AdvEnt; 2: released AdaptSegNet)",
+                )
 
 
-METHODS = ("source_only", "advent", "minent")
+METHODS = ("source_only", "advent", "minent", "adaptsegnet")
+# Methods with discriminators (and their keys lr_disc, lambda_adv_*, disc_channels).
+ADVERSARIAL_METHODS = ("advent", "adaptsegnet")
 # Which earlier model each training section may start from.
 # `pretrained` = the network with `model.pretrained` ImageNet weights in its backbone;
 # `file` = the model file named by the section's `init_file` (a model this pipeline
@@ -269,10 +319,10 @@ ALLOWED_INIT = {
     "inter": ("scratch", "pretrained", "source_only", "file"),
     "intra": ("scratch", "pretrained", "source_only", "inter", "file"),
 }
-# `init_file` when `init` is not `file`. dvc.yaml declares each section's init_file as a
-# dependency of its training stage (so replacing the file re-runs it), and a dependency
-# must exist: this is the stamp every training stage already depends on, constant
-# while params are valid.
+# `init_file` when `init` is not `file`, and `model.pretrained` when no section's `init`
+# is `pretrained`. dvc.yaml declares both as dependencies of the training stages (so
+# replacing a file re-runs them), and a dependency must exist: this is the stamp every
+# training stage already depends on, constant while params are valid.
 NO_INIT_FILE = NO_FILE
 
 
@@ -281,11 +331,23 @@ class TrainParams:
     """One training step: source-only, inter-domain or intra-domain adaptation.
 
     `method` picks the target-side loss: none (`source_only`), the entropy-map
-    discriminator (`advent`) or direct entropy minimisation (`minent`). The keys of the
-    method in use are required; the others may stay in the file and are ignored.
+    discriminator (`advent`), direct entropy minimisation (`minent`) or the softmax-map
+    discriminator of AdaptSegNet's output-space adaptation (`adaptsegnet`, with `gan`:
+    its BCE or least-squares objective). The keys of the method in use are required;
+    the others may stay in the file and are ignored.
+
+    `lambda_seg` weighs the source-like side's whole segmentation loss (main head plus
+    `lambda_seg_aux` times the auxiliary head): 1 as in the released code; 0 trains the
+    target-side term alone (the intra step's adversarial term without the pseudo-labels'
+    cross-entropy: the paper's "AdvEnt + intra-domain adaptation" row, as we read it).
+
+    `adam` is the arithmetic of every Adam optimiser of the step (the discriminators',
+    and the network's with `optimizer: adam`): `current` (PyTorch >= 1.3) or `released`
+    (PyTorch 0.4.1's, the released code's: eps added to sqrt(v) before the bias
+    correction; `training.ReleasedAdam`).
     """
 
-    method: Literal["source_only", "advent", "minent"]
+    method: Literal["source_only", "advent", "minent", "adaptsegnet"]
     init: Literal["scratch", "pretrained", "source_only", "inter", "file"]
     iterations: int  # 0 only with init: file (the model is that file as it is)
     batch_size: int
@@ -295,6 +357,11 @@ class TrainParams:
     weight_decay: float
     poly_power: float  # lr * (1 - it / iterations) ** poly_power
     lambda_seg_aux: float  # weight of the auxiliary head's cross-entropy
+    # Weight of the source-like side's segmentation loss (main + lambda_seg_aux * aux):
+    # 1 as released; 0 only with a target-side term (advent, minent, adaptsegnet).
+    lambda_seg: float
+    # Adam's arithmetic: `current` (PyTorch >= 1.3) or `released` (PyTorch 0.4.1's).
+    adam: Literal["current", "released"]
     # BatchNorm during training: `train` (batch statistics, trained affine parameters,
     # running statistics updated), `frozen` (eval mode: running statistics and affine
     # parameters kept) or `released` (the released code: batch statistics, affine
@@ -305,16 +372,26 @@ class TrainParams:
     param_listing: Literal["unique", "released"]
     hflip: bool  # random horizontal flips of training images
     log_every: int  # iterations between logged loss values
-    # Iterations between validations on target-val (and one at the last iteration);
-    # 0 = none. Logged as val/mIoU; recorded in the model file.
+    # Iterations between validation points (and one at the last iteration); 0 = none.
+    # Each computes the target-val mIoU (val/mIoU) and the probe's label-free criteria
+    # (select/<criterion>); both curves are recorded in the model file.
     eval_every: int
-    # Which snapshot the model file holds: `last` (the last iteration) or `best_val` (the
-    # best on target-val: selected on the evaluation set, as the released code does).
-    select: Literal["last", "best_val"]
-    lr_disc: float | None = None  # advent: discriminator Adam lr
-    lambda_adv_main: float | None = None  # advent: adversarial weight, main head
-    lambda_adv_aux: float | None = None  # advent: adversarial weight, aux head
-    disc_channels: tuple[int, ...] | None = None  # advent: discriminator conv widths
+    # Which snapshot the model file holds: `last` (the last iteration), `best_val` (the
+    # best on target-val: selected on the evaluation set, as the released code does) or
+    # the best by a label-free criterion on target-train: `entropy` (lowest mean
+    # prediction entropy), `infomax` (highest information maximisation) or `snd`
+    # (highest soft neighbourhood density; docs/method-study.md).
+    select: Literal["last", "best_val", "entropy", "infomax", "snd"]
+    # Target-train images the label-free criteria (`intrada.selection`: entropy, infomax,
+    # snd) are computed on at every validation point; 0 = none. Needed by those selects.
+    probe_images: int
+    lr_disc: float | None = None  # advent, adaptsegnet: discriminator Adam lr
+    lambda_adv_main: float | None = None  # advent, adaptsegnet: adversarial weight, main head
+    lambda_adv_aux: float | None = None  # advent, adaptsegnet: adversarial weight, aux head
+    disc_channels: tuple[int, ...] | None = None  # advent, adaptsegnet: discriminator widths
+    # adaptsegnet: the GAN objective, `vanilla` (BCE on the logits) or `ls` (least
+    # squares: mean squared error of the raw outputs to the labels, as its `--gan LS`).
+    gan: Literal["vanilla", "ls"] | None = None
     lambda_ent_main: float | None = None  # minent: entropy weight, main head
     lambda_ent_aux: float | None = None  # minent: entropy weight, aux head
     # Iterations the poly schedule decays over, when longer than the run: AdvEnt decays
@@ -323,7 +400,7 @@ class TrainParams:
     # Iterations between resumable checkpoints (one is always written at the end).
     checkpoint_every: int | None = None
     # The model file to start from when init is file: one this pipeline wrote, or a
-    # released AdvEnt / IntraDA DeepLab-v2 state dict (README, "Released models").
+    # released AdvEnt / IntraDA DeepLab-v2 state dict (docs/released-models.md).
     # Otherwise NO_INIT_FILE (dvc.yaml declares it as a dependency either way).
     init_file: str | None = None
 
@@ -360,7 +437,15 @@ class TrainParams:
                 f"unique with optimizer {self.optimizer} (the released listing is SGD's)",
             )
         _non_negative(f"{key}.eval_every", self.eval_every)
-        if self.select == "best_val" and self.eval_every == 0:
+        _non_negative(f"{key}.probe_images", self.probe_images)
+        if self.select in ("entropy", "infomax", "snd") and self.probe_images == 0:
+            _fail(
+                f"{key}.select",
+                self.select,
+                f"last or best_val when {key}.probe_images is 0 (no target-train probe to "
+                "compute the label-free criterion on)",
+            )
+        if self.select != "last" and self.eval_every == 0:
             _fail(
                 f"{key}.select",
                 self.select,
@@ -371,8 +456,14 @@ class TrainParams:
             _positive(f"{key}.{name}", getattr(self, name))
         if not 0 <= self.momentum < 1:
             _fail(f"{key}.momentum", self.momentum, "a number in [0, 1)")
-        for name in ("weight_decay", "poly_power", "lambda_seg_aux"):
+        for name in ("weight_decay", "poly_power", "lambda_seg_aux", "lambda_seg"):
             _non_negative(f"{key}.{name}", getattr(self, name))
+        if self.lambda_seg == 0 and self.method == "source_only":
+            _fail(
+                f"{key}.lambda_seg",
+                self.lambda_seg,
+                "a positive number with method source_only (0 leaves no loss to train on)",
+            )
         if self.checkpoint_every is not None:
             _positive(f"{key}.checkpoint_every", self.checkpoint_every)
         if self.schedule_iterations is not None and self.schedule_iterations < self.iterations:
@@ -385,6 +476,7 @@ class TrainParams:
             "source_only": (),
             "advent": ("lr_disc", "lambda_adv_main", "lambda_adv_aux", "disc_channels"),
             "minent": ("lambda_ent_main", "lambda_ent_aux"),
+            "adaptsegnet": ("lr_disc", "lambda_adv_main", "lambda_adv_aux", "disc_channels", "gan"),
         }[self.method]
         for name in needed:
             value = getattr(self, name)
@@ -462,7 +554,7 @@ class ComputeParams:
 
     device: Literal["auto", "cpu", "cuda"]  # auto: CUDA when PyTorch sees a GPU
     amp: bool  # bf16 autocast of network forwards on CUDA (losses, entropy in fp32)
-    channels_last: bool  # NHWC memory format on CUDA
+    channels_last: bool  # NHWC memory format of images and networks (CPU and CUDA)
     compile: bool  # torch.compile the segmentation network in training (CPU and CUDA)
     num_workers: int  # DataLoader worker processes (0: load in the main process)
     nproc: int  # processes per network stage, launched with torchrun (DDP)
@@ -555,6 +647,16 @@ def get(raw: dict[str, Any], name: str) -> Any:
     return value
 
 
+def get_target_data(raw: dict[str, Any]) -> DataParams:
+    """The data section for a command that reads only the target dataset (evaluating a
+    model file): checked like `get(raw, "data")`, but the source root need not exist."""
+    if "data" not in raw:
+        raise ParamsError(f"{PARAMS_FILE}: data is missing")
+    data = _parse_dataclass(DataParams, raw["data"], "data", check=False)
+    data.check("data", roots=("target_root",))
+    return data
+
+
 def check_all(raw: dict[str, Any]) -> None:
     """Validate every key of params.yaml, and the checks that span sections."""
     for name in SCHEMA:
@@ -576,6 +678,7 @@ def check_all(raw: dict[str, Any]) -> None:
     check_target_paths(data)
     classes = class_set_of(data)
     check_class_names(get(raw, "inference").rare_classes, classes, "inference.rare_classes")
+    check_pretrained_file(model)
     for name in ("source_only", "inter", "intra"):
         train = get(raw, name)
         if train.select == "best_val" and not data.has_target_val:
@@ -587,10 +690,18 @@ def check_all(raw: dict[str, Any]) -> None:
         if train.init == "pretrained":
             check_pretrained(model, name)
         check_init_file(train, name)
-        if train.method == "advent":
+        if train.method in ADVERSARIAL_METHODS:
             sizes = [data.target_size] + ([data.source_size] if name == "inter" else [])
             height, width = min(s[1] for s in sizes), min(s[0] for s in sizes)
             check_discriminator_depth(train.disc_channels, height, width, name)
+    intra = get(raw, "intra")
+    if get(raw, "lambda") == 1 and intra.lambda_seg == 0:
+        # train_intra then runs self-training (source_only): no target side to train on.
+        _fail(
+            "intra.lambda_seg",
+            0.0,
+            "a positive number when lambda is 1 (self-training on the pseudo-labels alone)",
+        )
 
 
 def check_pretrained(model: ModelParams, section: str) -> None:
@@ -601,13 +712,30 @@ def check_pretrained(model: ModelParams, section: str) -> None:
             "pretrained",
             f"scratch or an earlier model: {model.name} has no ImageNet weights",
         )
-    if model.pretrained is None:
-        raise ParamsError(
-            f"{PARAMS_FILE}: model.pretrained is missing: {section}.init = pretrained needs "
-            "a local ImageNet ResNet-101 weights file"
+    if model.pretrained == NO_FILE:
+        _fail(
+            "model.pretrained",
+            model.pretrained,
+            f"a local ImageNet ResNet-101 weights file: {section}.init is pretrained",
         )
     if not Path(model.pretrained).is_file():
-        _fail("model.pretrained", model.pretrained, "an existing ImageNet ResNet-101 weights file")
+        _fail(
+            "model.pretrained",
+            model.pretrained,
+            "an existing ImageNet ResNet-101 weights file" + _queue_hint(Path(model.pretrained)),
+        )
+
+
+def check_pretrained_file(model: ModelParams) -> None:
+    """`model.pretrained` is a dependency of the training stages: it must exist even when
+    no section uses it (the params stamp stands for "no file")."""
+    if model.pretrained != NO_FILE and not Path(model.pretrained).is_file():
+        _fail(
+            "model.pretrained",
+            model.pretrained,
+            f"an existing file (a dependency of the training stages) or {NO_FILE} when no "
+            "section's init is pretrained" + _queue_hint(Path(model.pretrained)),
+        )
 
 
 def check_init_file(train: TrainParams, section: str) -> None:
@@ -656,14 +784,17 @@ def check_target_paths(data: DataParams) -> None:
     of target-val under target-train would be adapted on; labels under an image folder
     would be taken for images)."""
     if data.target_layout == "cityscapes":
-        for name, sub in CITYSCAPES_TARGET.items():
-            expected = f"{data.target_root}/{sub}"
-            if Path(getattr(data, name)) != Path(expected):
-                _fail(
-                    f"data.{name}",
-                    getattr(data, name),
-                    f"{expected} (the Cityscapes layout under data.target_root)",
-                )
+        expected = {name: f"{data.target_root}/{sub}" for name, sub in CITYSCAPES_TARGET.items()}
+        wrong = [n for n, path in expected.items() if Path(getattr(data, n)) != Path(path)]
+        if wrong:
+            # All of them in one line: a new target_root moves the four folders.
+            _fail(
+                f"data.{wrong[0]}",
+                getattr(data, wrong[0]),
+                f"{expected[wrong[0]]}, the Cityscapes layout under data.target_root (set "
+                + " ".join(f"data.{n}={expected[n]}" for n in wrong)
+                + ")",
+            )
         return
     folders = {n: Path(getattr(data, n)).resolve() for n in TARGET_PATHS}
     folders = {n: p for n, p in folders.items() if getattr(data, n) != NO_FILE}
@@ -741,7 +872,7 @@ def _reject_unknown(raw: dict, allowed: typing.Iterable[str], prefix: str) -> No
             )
 
 
-def _parse_dataclass(cls: type, raw: Any, key: str) -> Any:
+def _parse_dataclass(cls: type, raw: Any, key: str, check: bool = True) -> Any:
     if not isinstance(raw, dict):
         _fail(key, raw, "a mapping of keys")
     fields = {f.name: f for f in dataclasses.fields(cls)}
@@ -754,7 +885,8 @@ def _parse_dataclass(cls: type, raw: Any, key: str) -> Any:
         elif field.default is dataclasses.MISSING:
             raise ParamsError(f"{PARAMS_FILE}: {key}.{name} is missing")
     obj = cls(**values)
-    obj.check(key)
+    if check:
+        obj.check(key)
     return obj
 
 

@@ -61,6 +61,28 @@ def stage_outputs(stage: dict) -> list[str]:
     ]
 
 
+def declared_outputs(dvc_yaml: str | Path) -> list[tuple[Path, str | None]]:
+    """(folder, name) of every output dvc.yaml declares (outs, metrics, plots of its
+    stages), without resolving it: a `${...}` in a path stands for any name in the
+    folder before it (name None). For sweeping what killed writers left
+    (`io.sweep_stale_temps`), with no need of params.yaml."""
+    # libyaml's loader where there is one: every stage runs this at its start.
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    stages = yaml.load(Path(dvc_yaml).read_text(), Loader=loader).get("stages") or {}
+    found: list[tuple[Path, str | None]] = []
+    for stage in stages.values():
+        stage = stage.get("do", stage)
+        for key in ("outs", "metrics", "plots"):
+            for entry in stage.get(key) or []:
+                parts = Path(entry if isinstance(entry, str) else next(iter(entry))).parts
+                templated = [i for i, part in enumerate(parts) if "${" in part]
+                if templated:
+                    found.append((Path(*parts[: templated[0]]), None))
+                else:
+                    found.append((Path(*parts[:-1]), parts[-1]))
+    return list(dict.fromkeys(found))
+
+
 # What a working copy of the pipeline needs besides params.yaml (tests and benchmarks
 # build throwaway projects from these).
 PIPELINE_FILES = (

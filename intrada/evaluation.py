@@ -97,11 +97,14 @@ def write_report(
         report["not_available"] = not_available
     if not compute.main:
         return report
-    with atomic_path(confusion_dir) as cm_out, atomic_path(iou_dir) as iou_out:
+    # One folder after the other: a write error then names the folder it failed in.
+    with atomic_path(confusion_dir) as cm_out:
         cm_out.mkdir()
-        iou_out.mkdir()
         for name, cm in matrices.items():
             confusion_table(cm, classes).to_csv(cm_out / f"{name}.csv")
+    with atomic_path(iou_dir) as iou_out:
+        iou_out.mkdir()
+        for name in matrices:
             pd.DataFrame(
                 {
                     "class": list(classes.names),

@@ -128,8 +128,10 @@ def score_images(
             for done in pending:
                 done.result()
     finally:
-        maps.close()
-        predictions.close()
+        try:
+            maps.close()
+        finally:
+            predictions.close()
     if compute.distributed:
         # Each process filled its images' entries; the others are still empty / zero.
         owned = np.zeros(len(dataset), dtype=bool)

@@ -31,6 +31,7 @@ import functools
 import os
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
@@ -38,6 +39,9 @@ from intrada.classes import CITYSCAPES_ID, SYNTHIA_ID, ClassSet
 from intrada.errors import IntradaError
 from intrada.io import image_checked, read_label, read_rgb
 from intrada.progress import progress
+
+if TYPE_CHECKING:
+    from intrada.config import DataParams
 
 GTA5_LAYOUT = "GTA5 layout (images/*.png with labels/*.png)"
 SYNTHIA_LAYOUT = "SYNTHIA-RAND-CITYSCAPES layout (RGB/*.png with GT/LABELS/*.png)"
@@ -175,6 +179,24 @@ def index_source(dataset: str, root: str | Path, encoding: str | None = None) ->
     return index(root, encoding or SOURCE_ENCODINGS[layout])
 
 
+LABELLED = ["image_id", "image_path", "label_path", "label_encoding"]
+
+
+def index_target(data: DataParams, split: str, encoding: str) -> pd.DataFrame:
+    """The target's `train` or `val` set in its layout (`data.target_layout`): Cityscapes
+    under `data.target_root` (labelled), or the folders of `data.target_*` (`train`
+    labelled when it has labels; `val` with no rows when there is no labelled val)."""
+    if data.target_layout == "cityscapes":  # data.target_*: these subfolders (check_params)
+        return index_cityscapes(data.target_root, split, encoding)
+    if split == "train":
+        if data.has_target_train_labels:
+            return index_folder_pairs(data.target_train, data.target_train_labels, encoding)
+        return index_folder(data.target_train)
+    if data.has_target_val:
+        return index_folder_pairs(data.target_val_images, data.target_val_labels, encoding)
+    return pd.DataFrame(columns=LABELLED)
+
+
 def _walk(root: Path, suffixes: tuple[str, ...]) -> list[Path]:
     """Files under `root` (following links) whose suffix is one of `suffixes` in any case,
     by path; hidden files and folders (".name") are skipped."""
@@ -255,7 +277,7 @@ def check_pairs(
     size, so that no file can stop a run later.
 
     Labels are always decoded: a value outside the label encoding shows only in the
-    pixels, and decoding one costs a quarter of an image's (README, "Real datasets").
+    pixels, and decoding one costs a quarter of an image's (docs/datasets.md).
     Images are checked without decoding (header and every chunk's checksum, which finds
     truncated and corrupted files), or with `decode` decoded too. Raises one
     `IntradaError` naming the first bad file in table order, before any training.

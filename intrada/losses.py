@@ -1,4 +1,5 @@
-"""Losses of the adaptation step: segmentation, adversarial and entropy terms."""
+"""Losses of the adaptation step: segmentation, adversarial (BCE or least squares) and
+entropy terms."""
 
 from __future__ import annotations
 
@@ -23,6 +24,12 @@ def segmentation_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tenso
 def adversarial_loss(d_logits: torch.Tensor, label: float) -> torch.Tensor:
     """BCE between every discriminator cell and one domain label."""
     return F.binary_cross_entropy_with_logits(d_logits, torch.full_like(d_logits, label))
+
+
+def least_squares_loss(d_out: torch.Tensor, label: float) -> torch.Tensor:
+    """LS-GAN: the mean squared error between every raw discriminator output (no
+    sigmoid) and one domain label, as AdaptSegNet's `--gan LS` (`MSELoss`)."""
+    return F.mse_loss(d_out, torch.full_like(d_out, label))
 
 
 def entropy_loss(prob: torch.Tensor) -> torch.Tensor:

@@ -18,14 +18,16 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from intrada import faults
 from intrada.checkpoint import git_revision
-from intrada.io import atomic_path
+from intrada.io import atomic_path, save_torch
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +55,25 @@ def run_key(params: dict[str, Any], inputs: list[Path | None]) -> str | None:
         "code": code["commit"],
     }
     return hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest()
+
+
+def interned(obj: Any) -> Any:
+    """`obj` with every string in it interned, as the code's own names are. Pickle writes
+    a string once and refers back to it where the same object comes again, so the next
+    checkpoint of a resumed run would hold names read back from a file as new objects:
+    the same contents in other bytes than the uninterrupted run's checkpoint."""
+    if isinstance(obj, str):
+        return sys.intern(obj)
+    if isinstance(obj, dict):
+        copy = type(obj)((interned(k), interned(v)) for k, v in obj.items())
+        if hasattr(obj, "__dict__"):  # a state dict's `_metadata`: kept as it is
+            vars(copy).update(vars(obj))
+        return copy
+    if isinstance(obj, list):
+        return [interned(v) for v in obj]
+    if isinstance(obj, tuple):
+        return tuple(interned(v) for v in obj)
+    return obj
 
 
 @dataclass
@@ -91,11 +112,12 @@ class Checkpoints:
             return None  # a finished run: this one is a deliberate re-run
         log.info("%s: resuming at iteration %d", self.path, state["iteration"])
         self.saved_iteration = int(state["iteration"])
-        return state
+        return interned(state)
 
     def save(self, state: dict[str, Any], complete: bool) -> None:
         state = {"format": CHECKPOINT_FORMAT, "key": self.key, "complete": complete, **state}
         with atomic_path(self.directory) as tmp:
             tmp.mkdir()
-            torch.save(state, tmp / FILE_NAME)
+            save_torch(state, tmp / FILE_NAME)
+            faults.point("checkpoint", tmp / FILE_NAME)
         self.saved_iteration = int(state["iteration"])

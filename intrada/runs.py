@@ -31,6 +31,8 @@ from intrada.io import atomic_path, read_parquet
 from intrada.models import build_model, load_pretrained
 from intrada.models.deeplabv2 import RELEASED_EXPECTED, load_released, state_dict_of
 from intrada.resume import Checkpoints, file_sha256, run_key
+from intrada.selection import TargetProbe, probe_indices
+from intrada.space import training_plan
 from intrada.training import Diverged, train
 from intrada.validation import Selection
 
@@ -106,17 +108,19 @@ def check_architecture(path: Path, meta: dict[str, Any], model_params: ModelPara
 
 
 def start_file_model(
-    model_params: ModelParams, classes: ClassSet, path: Path
+    model_params: ModelParams, classes: ClassSet, path: Path, match_params: bool = True
 ) -> tuple[nn.Module, dict[str, Any]]:
     """The model of an `init: file` file: a model file this pipeline wrote, or a
     released network's state dict (DeepLab-v2 with `weights_format: deeplab` only;
     `models.deeplabv2.load_released`). Where from records the file's sha256, since
-    params name only its path."""
+    params name only its path. A model file must hold the params' architecture unless
+    `match_params` is false (evaluating a file: it carries its own architecture)."""
     blob = read_weights(path, RELEASED_EXPECTED)
     origin = {"path": Path(path).as_posix(), "sha256": file_sha256(path)}
     if is_model_file(blob):
         model, meta = model_from_blob(path, blob, classes)
-        check_architecture(path, meta, model_params)
+        if match_params:
+            check_architecture(path, meta, model_params)
         return model, {**origin, "stage": meta["stage"], "params_sha256": meta["params_sha256"]}
     if (model_params.name, model_params.weights_format) != ("deeplabv2", "deeplab"):
         raise IntradaError(
@@ -153,6 +157,8 @@ def run_training(
     compute: Compute = CPU,
     checkpoint_dir: Path | None = None,
     val_index: Path | None = None,
+    probe_index: Path | None = None,
+    run_key_of_stage: int | None = None,
 ) -> nn.Module:
     """Train on a labelled source-like index (and an unlabelled target index unless the
     method is source_only), log curves with dvclive and save the model with provenance.
@@ -163,9 +169,16 @@ def run_training(
     at the target size with predictions upsampled to each label as the evaluate stage
     does; the curve is logged as `val/mIoU` and stored in the model file's
     `meta["validation"]`, with the snapshot `cfg.select` picked.
+    With `probe_index` (unlabelled target-train) and `cfg.probe_images` > 0, each
+    validation point also computes the label-free criteria (`intrada.selection`) on a
+    fixed subset of those images, logged as `select/<criterion>`. `run_key_of_stage`
+    gives the run its own batch order (default: the stage's, `RUN_KEYS`).
     With several processes (torchrun) every process trains, and only the main one
     validates, logs curves and writes the model. With `checkpoint_dir` an interrupted
     run resumes (`intrada.resume`).
+
+    Before training, the free space must hold the model file and two checkpoints
+    (`space.training_plan`), else one line says so.
 
     `cfg.init` = file starts from `cfg.init_file` (`start_file_model`); with
     `cfg.iterations` = 0 the model file written is that model as it is. A run that
@@ -189,7 +202,7 @@ def run_training(
     val_set = None
     if val_index is not None and cfg.eval_every > 0 and read_parquet(val_index).empty:
         # The user's own target without labels: nothing to validate on.
-        log.info("%s: no labelled target-val: no validation during training", stage)
+        log.info("%s: no labelled target-val: no val/mIoU during training", stage)
     elif val_index is not None and cfg.eval_every > 0:
         val_set = SegmentationSet(
             load_index(val_index, labelled=True),
@@ -199,6 +212,12 @@ def run_training(
             size=target_size,
             resize_labels=False,
         )
+    probe = None
+    if probe_index is not None and cfg.probe_images > 0 and cfg.eval_every > 0:
+        probe_set = SegmentationSet(
+            load_index(probe_index, labelled=False), classes, root, labelled=False, size=target_size
+        )
+        probe = TargetProbe(probe_set, probe_indices(len(probe_set), cfg.probe_images), 16)
     model, init_from = initial_model(
         model_params,
         classes,
@@ -207,6 +226,8 @@ def run_training(
         pretrained=cfg.init == "pretrained",
         from_file=cfg.init == "file",
     )
+    if compute.main:  # the model file and checkpoints fit, or one line before training
+        training_plan(model, cfg, len(classes), model_out, checkpoint_dir).check()
     log.info(
         "%s: %s training, %d iterations, %d source-like%s images, start: %s, on %s x %d",
         stage,
@@ -228,6 +249,8 @@ def run_training(
             inputs.append(Path(model_params.pretrained))
         if val_set is not None:
             inputs.append(val_index)
+        if probe is not None:
+            inputs.append(probe_index)
         if classes.table is not None and classes.table.file is not None:
             inputs.append(Path(classes.table.file))  # a class table file: its content counts
         key = run_key({"params": params, "processes": compute.world}, inputs)
@@ -247,11 +270,12 @@ def run_training(
                 cfg,
                 seed,
                 on_log=live,
-                run_key=RUN_KEYS[stage],
+                run_key=RUN_KEYS[stage] if run_key_of_stage is None else run_key_of_stage,
                 compute=compute,
                 checkpoints=checkpoints,
                 val_set=val_set,
                 on_val=live.validation if live is not None else None,
+                probe=probe,
             )
         except Diverged as exc:
             if not compute.main:
@@ -288,8 +312,9 @@ def run_training(
 
 
 class LiveLog:
-    """Training curves through dvclive: `train/<loss>` per logged iteration and
-    `val/mIoU` per validation, on the same step axis (the iteration)."""
+    """Training curves through dvclive: `train/<loss>` per logged iteration, and per
+    validation point `val/mIoU` and the label-free criteria `select/<criterion>`, on
+    the same step axis (the iteration)."""
 
     def __init__(self, directory: Path):
         self.directory = directory
@@ -307,11 +332,17 @@ class LiveLog:
             self.live.log_metric(f"train/{key}", value)
         self.live.next_step()
 
-    def validation(self, iteration: int, miou: float | None) -> None:
-        if miou is None:  # no class had an IoU: nothing to plot
+    def validation(
+        self, iteration: int, miou: float | None, criteria: dict[str, float] | None = None
+    ) -> None:
+        values = {f"select/{k}": v for k, v in (criteria or {}).items()}
+        if miou is not None:  # None: no labels, or no class had an IoU: nothing to plot
+            values["val/mIoU"] = miou
+        if not values:
             return
         self.live.step = iteration
-        self.live.log_metric("val/mIoU", miou)
+        for key, value in values.items():
+            self.live.log_metric(key, value)
         self.live.next_step()
 
     def __exit__(self, *exc) -> None:

@@ -18,6 +18,7 @@ stored as Cityscapes label ids, as the real datasets store them.
 
 from __future__ import annotations
 
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -367,21 +368,14 @@ def set_files(set_name: str, index: int) -> tuple[str, str, str]:
     )
 
 
-def write_set(
-    set_name: str,
-    count: int,
-    seed: int,
-    height: int,
-    width: int,
-    severity_alpha: float,
-    severity_beta: float,
-    root: Path,
-) -> pd.DataFrame:
-    """Write `count` images and their labels (Cityscapes label ids, as the real datasets
-    store them) of one set under `root`; return (`image_id`, `set`, `severity`) rows."""
+def write_images(job: tuple) -> list[dict]:
+    """Write the images `start` to `stop` of one set (a worker's share) and their
+    labels (Cityscapes label ids, as the real datasets store them) under `root`; return
+    their (`image_id`, `set`, `severity`) rows."""
+    set_name, start, stop, seed, height, width, severity_alpha, severity_beta, root = job
     to_label_id = train_id_to_label_id()
     rows = []
-    for i in range(count):
+    for i in range(start, stop):
         image, label, severity = generate_image(
             seed, set_name, i, height, width, severity_alpha, severity_beta
         )
@@ -391,29 +385,37 @@ def write_set(
         write_rgb_png(root / image_file, image)
         write_label_png(root / label_file, to_label_id[label])
         rows.append({"image_id": image_id, "set": set_name, "severity": severity})
-    return pd.DataFrame(rows)
+    return rows
 
 
-def write_benchmark(seed: int, params: SyntheticParams, out: Path) -> None:
-    """Write the benchmark as one folder, atomically: `source/` in the GTA5 layout,
-    `target/` in the Cityscapes layout (target-train as its `train` split, target-val as
-    `val`, both with labels), and `severity.parquet` (each image's nuisance severity, 0
-    for the source: for analysis, the pipeline does not read it).
+# Images per job of `write_benchmark`'s processes: small enough to share the work
+# evenly, large enough that a job's start-up cost does not show.
+IMAGES_PER_JOB = 250
+
+
+def write_benchmark(draw: int, params: SyntheticParams, out: Path, workers: int = 1) -> None:
+    """Write the benchmark of draw `draw` as one folder, atomically: `source/` in the
+    GTA5 layout, `target/` in the Cityscapes layout (target-train as its `train` split,
+    target-val as `val`, both with labels), and `severity.parquet` (each image's nuisance
+    severity, 0 for the source: for analysis, the pipeline does not read it).
+
+    `workers` processes draw and encode the images (each image from its own random
+    stream, so the files do not depend on how many).
     """
-    common = dict(
-        seed=seed,
-        height=params.height,
-        width=params.width,
-        severity_alpha=params.severity_alpha,
-        severity_beta=params.severity_beta,
-    )
+    common = (draw, params.height, params.width, params.severity_alpha, params.severity_beta)
     with atomic_path(out) as tmp:
-        tables = [
-            write_set(set_name, count, root=tmp / sub, **common)
+        jobs = [
+            (set_name, start, min(start + IMAGES_PER_JOB, count), *common, tmp / sub)
             for set_name, count, sub in (
                 ("source", params.num_source, "source"),
                 ("target_train", params.num_target_train, "target"),
                 ("target_val", params.num_target_val, "target"),
             )
+            for start in range(0, count, IMAGES_PER_JOB)
         ]
-        write_parquet(tmp / "severity.parquet", pd.concat(tables, ignore_index=True))
+        if workers > 1:
+            with ProcessPoolExecutor(workers) as pool:
+                rows = [row for part in pool.map(write_images, jobs) for row in part]
+        else:
+            rows = [row for job in jobs for row in write_images(job)]
+        write_parquet(tmp / "severity.parquet", pd.DataFrame(rows))

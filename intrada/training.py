@@ -1,5 +1,5 @@
-"""Training: one adaptation step serves source-only, AdvEnt and MinEnt training, for
-inter- and intra-domain adaptation alike; only the data fed to it differ.
+"""Training: one adaptation step serves source-only, AdvEnt, MinEnt and AdaptSegNet
+training, for inter- and intra-domain adaptation alike; only the data fed to it differ.
 
 The "source-like" side carries labels (source labels, or pseudo-labels of the easy
 split); the target side carries none (target-train, or the hard split).
@@ -21,9 +21,10 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from intrada import faults
 from intrada.classes import IGNORE_INDEX
 from intrada.compute import CPU, Compute, mean_across
-from intrada.config import TrainParams
+from intrada.config import ADVERSARIAL_METHODS, TrainParams
 from intrada.data import EndlessBatches, SegmentationSet, loader
 from intrada.entropy import self_information
 from intrada.errors import IntradaError
@@ -32,18 +33,21 @@ from intrada.losses import (
     TARGET_LABEL,
     adversarial_loss,
     entropy_loss,
+    least_squares_loss,
     segmentation_loss,
 )
 from intrada.models import EntropyDiscriminator, upsample
 from intrada.resume import Checkpoints
+from intrada.selection import CRITERIA, TargetProbe
 from intrada.validation import Selection, validation_miou
 
 log = logging.getLogger(__name__)
 
 # Sampler streams: source-like and target batches follow independent orders.
 SOURCE_STREAM, TARGET_STREAM = 1, 2
-# AdvEnt's discriminator optimiser: Adam with beta2 = 0.99.
+# AdvEnt's and AdaptSegNet's discriminator optimiser: Adam with beta2 = 0.99.
 DISC_BETAS = (0.9, 0.99)
+ADAM_EPS = 1e-8  # PyTorch's default, then and now
 
 
 class Diverged(IntradaError):
@@ -178,9 +182,71 @@ class ListedSGD(torch.optim.Optimizer):
         return None
 
 
+class ReleasedAdam(torch.optim.Optimizer):
+    """Adam as PyTorch computed it before 1.3 (0.4.1 and the 0.2-0.4 versions the
+    released AdvEnt, AdaptSegNet and IntraDA code ran on).
+
+    With gradient g (plus weight_decay * p, added into it as L2), step t, m and v the
+    running first and second moments (m = b1 m + (1 - b1) g, v = b2 v + (1 - b2) g^2):
+
+        p -= lr * sqrt(1 - b2^t) / (1 - b1^t) * m / (sqrt(v) + eps)
+
+    eps is added to sqrt(v) *before* the bias correction, so it acts as
+    eps / sqrt(1 - b2^t) against the bias-corrected sqrt(v_hat): 10x eps at the first
+    step with b2 = 0.99, fading over a few hundred steps. PyTorch >= 1.3 (`torch.optim.
+    Adam`) computes lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps). The two agree
+    where sqrt(v_hat) >> eps and differ for tensors with tiny gradients.
+    """
+
+    def __init__(
+        self,
+        params,
+        lr: float,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = ADAM_EPS,
+        weight_decay: float = 0.0,
+    ):
+        super().__init__(
+            params, {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay}
+        )
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            beta1, beta2 = group["betas"]
+            lr, eps, decay = group["lr"], group["eps"], group["weight_decay"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                grad = p.grad if decay == 0 else p.grad.add(p, alpha=decay)
+                state = self.state[p]
+                if not state:
+                    state["step"] = 0
+                    state["exp_avg"] = torch.zeros_like(p)
+                    state["exp_avg_sq"] = torch.zeros_like(p)
+                state["step"] += 1
+                t = state["step"]
+                exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
+                exp_avg.mul_(beta1).add_(grad, alpha=1 - beta1)
+                exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+                denom = exp_avg_sq.sqrt().add_(eps)
+                step_size = lr * math.sqrt(1 - beta2**t) / (1 - beta1**t)
+                p.addcdiv_(exp_avg, denom, value=-step_size)
+        return None
+
+
+def adam(
+    params, cfg: TrainParams, lr: float, betas: tuple[float, float], weight_decay: float = 0.0
+) -> torch.optim.Optimizer:
+    """An Adam optimiser with the arithmetic `cfg.adam` names."""
+    if cfg.adam == "released":
+        return ReleasedAdam(params, lr=lr, betas=betas, weight_decay=weight_decay)
+    return torch.optim.Adam(params, lr=lr, betas=betas, weight_decay=weight_decay)
+
+
 def make_optimizer(model: nn.Module, cfg: TrainParams) -> torch.optim.Optimizer:
-    """SGD or Adam over the model's parameter groups (listed as `cfg.param_listing`
-    says), each with its lr multiplier."""
+    """SGD or Adam (its arithmetic as `cfg.adam` says) over the model's parameter
+    groups (listed as `cfg.param_listing` says), each with its lr multiplier."""
     groups = [
         {"params": [p for p in params if p.requires_grad], "lr": cfg.lr * mult, "lr_mult": mult}
         for params, mult in model.param_groups(cfg.param_listing)
@@ -191,9 +257,7 @@ def make_optimizer(model: nn.Module, cfg: TrainParams) -> torch.optim.Optimizer:
         return torch.optim.SGD(
             groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
         )
-    return torch.optim.Adam(
-        groups, lr=cfg.lr, betas=(cfg.momentum, 0.999), weight_decay=cfg.weight_decay
-    )
+    return adam(groups, cfg, lr=cfg.lr, betas=(cfg.momentum, 0.999), weight_decay=cfg.weight_decay)
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
@@ -203,7 +267,9 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
 
 @dataclass
 class Discriminators:
-    """AdvEnt's two discriminators (main and auxiliary head) and their optimiser.
+    """The two discriminators (main and auxiliary head) of AdvEnt or AdaptSegNet and
+    their optimiser (one Adam over both: Adam updates each tensor on its own, so this
+    equals the released code's two optimisers).
 
     Under DDP, `train_main` / `train_aux` are the synchronised wrappers used to train
     them; the segmentation network's adversarial term calls the bare modules (frozen
@@ -221,7 +287,7 @@ class Discriminators:
         main = compute.module(EntropyDiscriminator(num_classes, cfg.disc_channels))
         aux = compute.module(EntropyDiscriminator(num_classes, cfg.disc_channels))
         params = list(main.parameters()) + list(aux.parameters())
-        optimizer = torch.optim.Adam(params, lr=cfg.lr_disc, betas=DISC_BETAS)
+        optimizer = adam(params, cfg, lr=cfg.lr_disc, betas=DISC_BETAS)
         return cls(
             main, aux, optimizer, _ddp(DomainPair(main), compute), _ddp(DomainPair(aux), compute)
         )
@@ -239,8 +305,8 @@ class DomainPair(nn.Module):
         super().__init__()
         self.disc = disc
 
-    def forward(self, info_src: torch.Tensor, info_trg: torch.Tensor):
-        return self.disc(info_src), self.disc(info_trg)
+    def forward(self, map_src: torch.Tensor, map_trg: torch.Tensor):
+        return self.disc(map_src), self.disc(map_trg)
 
 
 def _ddp(module: nn.Module, compute: Compute) -> nn.Module:
@@ -254,12 +320,16 @@ def _ddp(module: nn.Module, compute: Compute) -> nn.Module:
 class AdaptationStep:
     """One optimisation step of the segmentation network (and discriminators).
 
-    1. Source-like batch: cross-entropy on the main head plus `lambda_seg_aux` times the
-       auxiliary head's.
-    2. Target batch (advent / minent): self-information maps I of both heads; advent
-       asks the frozen discriminators to call them "source", minent minimises entropy.
-    3. advent: the discriminators learn source maps = 0, target maps = 1, reusing the
-       maps computed above (detached) instead of running the network again.
+    1. Source-like batch: `lambda_seg` times (cross-entropy on the main head plus
+       `lambda_seg_aux` times the auxiliary head's). With `lambda_seg` 0 the batch still
+       runs forward (the discriminators see its maps) but without a graph.
+    2. Target batch: softmax maps P of both heads. advent asks the frozen discriminators
+       to call their self-information maps I "source", adaptsegnet asks the same of P
+       itself (output-space adaptation), minent minimises their entropy.
+    3. advent / adaptsegnet: the discriminators learn source maps = 0, target maps = 1,
+       each domain's loss halved (BCE, or with adaptsegnet's `gan: ls` the mean squared
+       error of the raw outputs), reusing the maps computed above (detached) instead of
+       running the network again.
 
     Network forwards run under `compute.autocast()`; their outputs are cast to fp32
     before softmax, entropy and every loss.
@@ -273,7 +343,9 @@ class AdaptationStep:
         self.net = compute.compiled(_ddp(model, compute))
         self.optimizer = make_optimizer(model, cfg)
         self.discs = (
-            Discriminators.create(num_classes, cfg, compute) if cfg.method == "advent" else None
+            Discriminators.create(num_classes, cfg, compute)
+            if cfg.method in ADVERSARIAL_METHODS
+            else None
         )
 
     def set_iteration(self, it: int) -> None:
@@ -290,9 +362,22 @@ class AdaptationStep:
         size = tuple(images.shape[-2:])
         return tuple(upsample(p.float(), size, self.model.align_corners) for p in outputs)
 
-    def _discriminate(self, disc: nn.Module, info: torch.Tensor) -> torch.Tensor:
+    def _discriminate(self, disc: nn.Module, maps: torch.Tensor) -> torch.Tensor:
         with self.compute.autocast():
-            return disc(info).float()
+            return disc(maps).float()
+
+    def _disc_input(self, prob: torch.Tensor) -> torch.Tensor:
+        """What the discriminators see of a softmax map: its self-information (advent)
+        or the map itself (adaptsegnet)."""
+        return self_information(prob) if self.cfg.method == "advent" else prob
+
+    def _gan_loss(self, d_out: torch.Tensor, label: float) -> torch.Tensor:
+        """The GAN objective for one domain label: BCE on the logits, or (adaptsegnet's
+        `gan: ls`) the mean squared error of the raw outputs, for the discriminators'
+        loss and the network's adversarial term alike, as AdaptSegNet's `--gan LS`."""
+        if self.cfg.method == "adaptsegnet" and self.cfg.gan == "ls":
+            return least_squares_loss(d_out, label)
+        return adversarial_loss(d_out, label)
 
     def _segmentation_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Cross-entropy over the labelled pixels. Across processes the mean is taken
@@ -312,11 +397,16 @@ class AdaptationStep:
             self.discs.requires_grad(False)
 
         labels = src["label"].to(self.compute.device, non_blocking=True)
-        pred_src_aux, pred_src_main = self._forward(src["image"])
-        loss_seg_src_main = self._segmentation_loss(pred_src_main, labels)
-        loss_seg_src_aux = self._segmentation_loss(pred_src_aux, labels)
-        # Backward per domain, as the reference code does: frees the source graph first.
-        (loss_seg_src_main + cfg.lambda_seg_aux * loss_seg_src_aux).backward()
+        # lambda_seg = 0: no graph, no backward (the maps still feed the discriminators).
+        with torch.set_grad_enabled(cfg.lambda_seg > 0):
+            pred_src_aux, pred_src_main = self._forward(src["image"])
+            loss_seg_src_main = self._segmentation_loss(pred_src_main, labels)
+            loss_seg_src_aux = self._segmentation_loss(pred_src_aux, labels)
+        if cfg.lambda_seg > 0:
+            # Backward per domain, as the reference code does: frees the source graph first.
+            (
+                cfg.lambda_seg * (loss_seg_src_main + cfg.lambda_seg_aux * loss_seg_src_aux)
+            ).backward()
         losses["loss_seg_src_main"] = loss_seg_src_main.item()
         losses["loss_seg_src_aux"] = loss_seg_src_aux.item()
 
@@ -324,14 +414,14 @@ class AdaptationStep:
             pred_trg_aux, pred_trg_main = self._forward(trg["image"])
             prob_trg_main = F.softmax(pred_trg_main, dim=1)
             prob_trg_aux = F.softmax(pred_trg_aux, dim=1)
-            if cfg.method == "advent":
-                info_trg_main = self_information(prob_trg_main)
-                info_trg_aux = self_information(prob_trg_aux)
-                loss_adv_trg_main = adversarial_loss(
-                    self._discriminate(self.discs.main, info_trg_main), SOURCE_LABEL
+            if self.discs is not None:
+                map_trg_main = self._disc_input(prob_trg_main)
+                map_trg_aux = self._disc_input(prob_trg_aux)
+                loss_adv_trg_main = self._gan_loss(
+                    self._discriminate(self.discs.main, map_trg_main), SOURCE_LABEL
                 )
-                loss_adv_trg_aux = adversarial_loss(
-                    self._discriminate(self.discs.aux, info_trg_aux), SOURCE_LABEL
+                loss_adv_trg_aux = self._gan_loss(
+                    self._discriminate(self.discs.aux, map_trg_aux), SOURCE_LABEL
                 )
                 (
                     cfg.lambda_adv_main * loss_adv_trg_main + cfg.lambda_adv_aux * loss_adv_trg_aux
@@ -353,31 +443,31 @@ class AdaptationStep:
                 self._discriminator_step(
                     pred_src_main.detach(),
                     pred_src_aux.detach(),
-                    info_trg_main.detach(),
-                    info_trg_aux.detach(),
+                    map_trg_main.detach(),
+                    map_trg_aux.detach(),
                 )
             )
         return losses
 
-    def _discriminator_step(self, pred_src_main, pred_src_aux, info_trg_main, info_trg_aux):
+    def _discriminator_step(self, pred_src_main, pred_src_aux, map_trg_main, map_trg_aux):
         discs = self.discs
         discs.requires_grad(True)
         discs.optimizer.zero_grad(set_to_none=True)
-        info_src_main = self_information(F.softmax(pred_src_main, dim=1))
-        info_src_aux = self_information(F.softmax(pred_src_aux, dim=1))
-        loss_d_main = self._domain_loss(discs.train_main, info_src_main, info_trg_main)
-        loss_d_aux = self._domain_loss(discs.train_aux, info_src_aux, info_trg_aux)
+        map_src_main = self._disc_input(F.softmax(pred_src_main, dim=1))
+        map_src_aux = self._disc_input(F.softmax(pred_src_aux, dim=1))
+        loss_d_main = self._domain_loss(discs.train_main, map_src_main, map_trg_main)
+        loss_d_aux = self._domain_loss(discs.train_aux, map_src_aux, map_trg_aux)
         (loss_d_main + loss_d_aux).backward()
         discs.optimizer.step()
         return {"loss_d_main": loss_d_main.item(), "loss_d_aux": loss_d_aux.item()}
 
-    def _domain_loss(self, pair: nn.Module, info_src: torch.Tensor, info_trg: torch.Tensor):
-        """(BCE(D(source), 0) + BCE(D(target), 1)) / 2."""
+    def _domain_loss(self, pair: nn.Module, map_src: torch.Tensor, map_trg: torch.Tensor):
+        """(loss(D(source), 0) + loss(D(target), 1)) / 2, loss = the GAN objective."""
         with self.compute.autocast():
-            out_src, out_trg = pair(info_src, info_trg)
+            out_src, out_trg = pair(map_src, map_trg)
         return (
-            adversarial_loss(out_src.float(), SOURCE_LABEL)
-            + adversarial_loss(out_trg.float(), TARGET_LABEL)
+            self._gan_loss(out_src.float(), SOURCE_LABEL)
+            + self._gan_loss(out_trg.float(), TARGET_LABEL)
         ) / 2
 
 
@@ -392,7 +482,8 @@ def train(
     compute: Compute = CPU,
     checkpoints: Checkpoints | None = None,
     val_set: SegmentationSet | None = None,
-    on_val: Callable[[int, float | None], None] | None = None,
+    on_val: Callable[[int, float | None, dict[str, float] | None], None] | None = None,
+    probe: TargetProbe | None = None,
 ) -> Selection:
     """Train `model` in place for `cfg.iterations` steps; returns its validation record.
 
@@ -403,12 +494,14 @@ def train(
     run's batch order. With several processes each trains on its share of every step's
     batches (`EndlessBatches`), `cfg.batch_size` images per process.
 
-    With `val_set`, the main process evaluates the model on it every `cfg.eval_every`
-    iterations and at the last one (the others wait) and calls `on_val(iteration,
-    mIoU)`. Validation changes nothing in training: it runs in eval mode without
-    gradients, restores the BatchNorm mode after, and leaves the RNG as it was. With
-    `cfg.select` = best_val the model ends with the weights of its best iteration on
-    `val_set` instead of the last.
+    With `val_set` and/or `probe` (unlabelled target-train images), the main process
+    validates every `cfg.eval_every` iterations and at the last one (the others wait):
+    the mIoU on `val_set` and the probe's label-free criteria (`intrada.selection`), then
+    `on_val(iteration, mIoU, criteria)` (None for what it lacks). Validation changes
+    nothing in training: it runs in eval mode without gradients, restores the BatchNorm
+    mode after, and leaves the RNG as it was. With `cfg.select` other than last the
+    model ends with the weights of the snapshot it selects (best on `val_set`, or best
+    by a criterion) instead of the last.
 
     With `checkpoints`, an unfinished checkpoint of the same run is resumed from (its
     logged curves are replayed through `on_log` and `on_val` first, and the best
@@ -423,12 +516,15 @@ def train(
         raise ValueError(f"method {cfg.method} needs a target set")
     if cfg.select == "best_val" and (val_set is None or cfg.eval_every == 0):
         raise ValueError("select = best_val needs a validation set and eval_every > 0")
+    if cfg.select in CRITERIA and (probe is None or cfg.eval_every == 0):
+        raise ValueError(f"select = {cfg.select} needs a target probe and eval_every > 0")
     model = compute.module(model)
     set_batchnorm(model, cfg.batchnorm)
     # Discriminator initialisation: a seed derived from both, so no two (seed, run) collide.
     torch.manual_seed(int(np.random.SeedSequence([seed, run_key]).generate_state(1)[0]))
     step = AdaptationStep(model, cfg, source.num_classes, compute)
-    selection = Selection(cfg.select, cfg.eval_every if val_set is not None else 0)
+    validates = val_set is not None or probe is not None
+    selection = Selection(cfg.select, cfg.eval_every if validates else 0)
     start, window, history = 0, {}, []
     resumed = checkpoints.load() if checkpoints is not None else None
     if resumed is not None:
@@ -437,8 +533,9 @@ def train(
             for iteration, means in history:
                 on_log(iteration, means)
         if compute.main and on_val is not None:
+            criteria = dict(selection.criteria)
             for iteration, miou in selection.curve:
-                on_val(iteration, miou)
+                on_val(iteration, miou, criteria.get(iteration))
 
     def batches(dataset, stream):
         sampler = EndlessBatches(
@@ -456,6 +553,12 @@ def train(
 
     src_iter = batches(source, SOURCE_STREAM)
     trg_iter = batches(target, TARGET_STREAM) if cfg.method != "source_only" else None
+    if resumed is not None:
+        # After the loaders: each draws its base seed from this stream when its iterator
+        # is made, as the interrupted run's did before it saved the state. Restored
+        # earlier, the stream would run those draws ahead and every later checkpoint
+        # would hold another RNG state than the uninterrupted run's.
+        torch.set_rng_state(resumed["torch_rng"])
     bar = tqdm(
         range(start, cfg.iterations),
         desc="train",
@@ -491,12 +594,22 @@ def train(
                     on_log(it + 1, means)
         if selection.due(it + 1, cfg.iterations):
             if compute.main:
-                miou = validation_miou(model, val_set, cfg.batch_size, compute)
+                miou = criteria = None
+                if val_set is not None:
+                    miou = validation_miou(model, val_set, cfg.batch_size, compute)
+                if probe is not None:
+                    criteria = probe.criteria(model, compute)
                 set_batchnorm(model, cfg.batchnorm)  # validation ran in eval mode
-                selection.record(it + 1, miou, model)
-                log.info("iteration %d/%d val mIoU %s", it + 1, cfg.iterations, miou)
+                selection.record(it + 1, miou, model, criteria)
+                log.info(
+                    "iteration %d/%d val mIoU %s%s",
+                    it + 1,
+                    cfg.iterations,
+                    miou,
+                    "".join(f" {k} {v:.5f}" for k, v in (criteria or {}).items()),
+                )
                 if on_val is not None:
-                    on_val(it + 1, miou)
+                    on_val(it + 1, miou, criteria)
             if compute.distributed:
                 dist.barrier()  # the other processes wait for the main one's validation
         if (checkpoints is not None and checkpoints.due(it + 1, cfg.iterations)) or last:
@@ -506,7 +619,9 @@ def train(
                 raise Diverged(it + 1, cfg.iterations, bad_weights, lr)
         if checkpoints is not None and compute.main and checkpoints.due(it + 1, cfg.iterations):
             checkpoints.save(snapshot(step, it + 1, window, history, selection), complete=last)
-    if cfg.select == "best_val" and compute.main and selection.best_state is not None:
+            if not last:
+                faults.point("trained", checkpoints.path)
+    if cfg.select != "last" and compute.main and selection.best_state is not None:
         model.load_state_dict(selection.best_state)
     model.cpu()
     return selection
@@ -535,7 +650,8 @@ def snapshot(
 
 def restore(step: AdaptationStep, state: dict, selection: Selection) -> tuple[int, dict, list]:
     """Load a snapshot into `step` and `selection`; returns (iteration, loss window,
-    logged history)."""
+    logged history). The RNG state is the caller's to restore (`train`: after its data
+    loaders are made)."""
     step.model.load_state_dict(state["model"])
     selection.restore(state["validation"])
     step.optimizer.load_state_dict(state["optimizer"])
@@ -543,7 +659,6 @@ def restore(step: AdaptationStep, state: dict, selection: Selection) -> tuple[in
         step.discs.main.load_state_dict(state["disc_main"])
         step.discs.aux.load_state_dict(state["disc_aux"])
         step.discs.optimizer.load_state_dict(state["disc_optimizer"])
-    torch.set_rng_state(state["torch_rng"])
     window = {k: list(v) for k, v in state["window"].items()}
     history = [(int(i), dict(m)) for i, m in state["history"]]
     return int(state["iteration"]), window, history

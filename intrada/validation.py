@@ -24,8 +24,12 @@ from intrada.data import SegmentationSet, in_batches, loader
 from intrada.inference import predict_probs, top_class
 from intrada.metrics import confusion_matrix, iou_per_class, mean_iou, percent
 from intrada.progress import progress
+from intrada.selection import CRITERIA, pick
 
-SELECT = ("last", "best_val")
+# Which snapshot a training stage keeps: the last, the best on target-val (selected on
+# the evaluation set itself), or the best by a label-free criterion on target-train
+# (`intrada.selection`).
+SELECT = ("last", "best_val", *CRITERIA)
 
 
 def evaluate_confusion(
@@ -74,16 +78,20 @@ def validation_miou(
 
 @dataclass
 class Selection:
-    """The validation curve of a run and the snapshot it keeps.
+    """The validation curves of a run and the snapshot it keeps.
 
-    The best iteration is the first one with the highest mIoU. With `select` = best_val
-    its weights are kept (one copy on the CPU, the only extra snapshot) to be written
-    instead of the last iteration's.
+    At each validation point it records the target-val mIoU (None without a labelled
+    val set) and the label-free criteria of the target-train probe (None without one).
+    The best iteration on val is the first with the highest mIoU; a criterion's pick is
+    the first with its best value (`selection.pick`). With `select` other than `last`,
+    the weights of the selected snapshot so far are kept (one copy on the CPU, the only
+    extra snapshot) to be written instead of the last iteration's.
     """
 
     select: str
     every: int
     curve: list[tuple[int, float | None]] = field(default_factory=list)
+    criteria: list[tuple[int, dict[str, float]]] = field(default_factory=list)
     best_iteration: int | None = None
     best_miou: float | None = None
     best_state: dict[str, torch.Tensor] | None = None
@@ -91,19 +99,36 @@ class Selection:
     def due(self, iteration: int, total: int) -> bool:
         return self.every > 0 and (iteration % self.every == 0 or iteration == total)
 
-    def record(self, iteration: int, miou: float | None, model: nn.Module) -> None:
+    def record(
+        self,
+        iteration: int,
+        miou: float | None,
+        model: nn.Module,
+        criteria: dict[str, float] | None = None,
+    ) -> None:
         self.curve.append((iteration, miou))
+        if criteria is not None:
+            self.criteria.append((iteration, dict(criteria)))
         if miou is not None and (self.best_miou is None or miou > self.best_miou):
             self.best_iteration, self.best_miou = iteration, miou
-            if self.select == "best_val":
-                self.best_state = {
-                    k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()
-                }
+        if self.select != "last" and self.selected_iteration() == iteration:
+            self.best_state = {
+                k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()
+            }
+
+    def selected_iteration(self) -> int | None:
+        """The snapshot `select` picks so far (None: none yet, or `last`)."""
+        if self.select == "best_val":
+            return self.best_iteration
+        if self.select in CRITERIA:
+            return pick(self.criteria, self.select)
+        return None
 
     def state(self) -> dict[str, Any]:
         """For a resumable checkpoint (plain types and tensors)."""
         return {
             "curve": [[i, m] for i, m in self.curve],
+            "criteria": [[i, dict(c)] for i, c in self.criteria],
             "best_iteration": self.best_iteration,
             "best_miou": self.best_miou,
             "best_state": self.best_state,
@@ -111,22 +136,34 @@ class Selection:
 
     def restore(self, state: dict[str, Any]) -> None:
         self.curve = [(int(i), m) for i, m in state["curve"]]
+        self.criteria = [(int(i), dict(c)) for i, c in state.get("criteria", [])]
         self.best_iteration, self.best_miou = state["best_iteration"], state["best_miou"]
         self.best_state = state["best_state"]
 
+    def picks(self) -> dict[str, dict[str, Any]]:
+        """Each label-free criterion's pick: its iteration and that snapshot's val mIoU
+        (None without labels)."""
+        mious = dict(self.curve)
+        out = {}
+        for name in CRITERIA:
+            iteration = pick(self.criteria, name)
+            if iteration is not None:
+                out[name] = {"iteration": iteration, "mIoU": mious.get(iteration)}
+        return out
+
     def summary(self, last_iteration: int) -> dict[str, Any]:
-        """What the model file records: the curve, the best and last iterations, and
-        which one the file holds."""
-        selected = last_iteration
-        if self.select == "best_val" and self.best_iteration is not None:
-            selected = self.best_iteration
+        """What the model file records: the curves, the best, picked and last
+        iterations, and which one the file holds."""
+        selected = self.selected_iteration() or last_iteration
         return {
             "every": self.every,
             "curve": [[i, m] for i, m in self.curve],
+            "criteria": [[i, dict(c)] for i, c in self.criteria],
             "last_iteration": last_iteration,
             "last_mIoU": self.curve[-1][1] if self.curve else None,
             "best_iteration": self.best_iteration,
             "best_mIoU": self.best_miou,
+            "picks": self.picks(),
             "select": self.select,
             "selected_iteration": selected,
         }
@@ -141,7 +178,11 @@ def snapshot_report(summary: dict[str, Any] | None, measured: float | None) -> d
     - `mIoU_best_val_selected_on_val` and `best_val_iteration`: the best iteration on
       target-val, chosen on the very set it is measured on (optimistic; the released
       code's way of reporting, comparable with the published tables);
-    - `selected_iteration`: the iteration the model file holds (what `mIoU` measures).
+    - `selected_iteration`: the iteration the model file holds (what `mIoU` measures),
+      `select` how it was chosen, and `mIoU_selected_on_val` whether that choice looked
+      at target-val itself (`select: best_val`: `mIoU` is then optimistic);
+    - `label_free_picks`: each label-free criterion's iteration and that snapshot's mIoU
+      (`intrada.selection`), when the run computed them.
 
     The snapshot the file holds is reported with the evaluate stage's own measurement,
     the other one with its validation during training (the same computation). Empty
@@ -154,9 +195,18 @@ def snapshot_report(summary: dict[str, Any] | None, measured: float | None) -> d
     def miou_at(iteration: int, logged: float | None) -> float | None:
         return measured if iteration == selected else logged
 
-    return {
+    report = {
         "mIoU_last": miou_at(summary["last_iteration"], summary["last_mIoU"]),
         "mIoU_best_val_selected_on_val": miou_at(summary["best_iteration"], summary["best_mIoU"]),
         "best_val_iteration": summary["best_iteration"],
         "selected_iteration": selected,
+        "select": summary.get("select", "last"),
+        "mIoU_selected_on_val": summary.get("select") == "best_val",
     }
+    picks = summary.get("picks") or {}
+    if picks:
+        report["label_free_picks"] = {
+            name: {"iteration": p["iteration"], "mIoU": miou_at(p["iteration"], p["mIoU"])}
+            for name, p in picks.items()
+        }
+    return report

@@ -4,13 +4,14 @@ DVC deletes a stage's outputs before running it, so a stage that rejects its own
 params has already lost its previous outputs. This stage runs first (every other
 stage depends on its stamp) and stops the pipeline on a bad value. Its stamp never
 changes while params are valid, so a valid change invalidates nothing by itself.
+With `compute.device: cuda` it also checks that PyTorch sees a GPU.
 """
 
 import argparse
 from pathlib import Path
 
 from intrada.cli import run_stage
-from intrada.config import check_all, read_params
+from intrada.config import check_all, get, read_params
 from intrada.io import atomic_path
 
 STAMP = "params.yaml passed validation (this text is constant on purpose).\n"
@@ -21,7 +22,14 @@ def main() -> None:
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     parser.add_argument("--stamp", type=Path, required=True)
     args = parser.parse_args()
-    check_all(read_params(args.params))
+    raw = read_params(args.params)
+    check_all(raw)
+    if get(raw, "compute").device == "cuda":
+        # Imports torch (seconds), so only when asked: a GPU profile on a machine whose
+        # PyTorch sees no GPU stops here, before any stage starts.
+        from intrada.compute import require_cuda
+
+        require_cuda()
     if not args.stamp.is_file() or args.stamp.read_text() != STAMP:
         with atomic_path(args.stamp) as tmp:
             tmp.write_text(STAMP)

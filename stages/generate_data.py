@@ -1,7 +1,11 @@
 """Stage generate_data: write the embedded synthetic benchmark under --out, deterministic
-from `seed`: the source in the GTA5 layout, the target in the Cityscapes layout."""
+from its `draw`: the source in the GTA5 layout, the target in the Cityscapes layout.
+
+The images are drawn and encoded in one process per CPU core; each image comes from
+its own random stream, so the files do not depend on the machine."""
 
 import argparse
+import os
 from pathlib import Path
 
 from intrada.cli import run_stage
@@ -16,11 +20,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True, help="folder to write")
     args = parser.parse_args()
     raw = read_params()
-    seed, generate = get(raw, "seed"), get(raw, "generate")
-    params = getattr(generate, args.name, None)
+    params = getattr(get(raw, "generate"), args.name, None)
     if params is None:
         raise IntradaError(f"params.yaml: generate.{args.name} is missing")
-    write_benchmark(seed, params, args.out)
+    write_benchmark(params.draw, params, args.out, workers=os.cpu_count() or 1)
 
 
 if __name__ == "__main__":

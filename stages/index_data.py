@@ -9,23 +9,12 @@ import argparse
 import logging
 from pathlib import Path
 
-import pandas as pd
-
 from intrada.cli import run_stage
 from intrada.config import class_set_of, get, label_encodings, read_params
 from intrada.io import atomic_path, write_parquet
-from intrada.layouts import (
-    check_images,
-    check_pairs,
-    index_cityscapes,
-    index_folder,
-    index_folder_pairs,
-    index_source,
-)
+from intrada.layouts import LABELLED, check_images, check_pairs, index_source, index_target
 
 log = logging.getLogger("index_data")
-
-LABELLED = ["image_id", "image_path", "label_path", "label_encoding"]
 
 
 def main() -> None:
@@ -40,22 +29,8 @@ def main() -> None:
     source_encoding, target_encoding = label_encodings(data)
     # Index everything first (cheap), so a wrong root fails before the slower pass.
     source = index_source(data.name, data.source_root, source_encoding)
-    none = pd.DataFrame(columns=LABELLED)  # a set the target does not have
-    if data.target_layout == "cityscapes":  # data.target_*: these subfolders (check_params)
-        target_train = index_cityscapes(data.target_root, "train", target_encoding)
-        target_val = index_cityscapes(data.target_root, "val", target_encoding)
-    else:
-        if data.has_target_train_labels:
-            target_train = index_folder_pairs(
-                data.target_train, data.target_train_labels, target_encoding
-            )
-        else:
-            target_train = index_folder(data.target_train)
-        target_val = none
-        if data.has_target_val:
-            target_val = index_folder_pairs(
-                data.target_val_images, data.target_val_labels, target_encoding
-            )
+    target_train = index_target(data, "train", target_encoding)
+    target_val = index_target(data, "val", target_encoding)
     checked, mismatched = check_pairs(source, decode, data.size_mismatch, workers, classes)
     outcome = {"drop": "left out", "resize": "kept, image and label resized independently"}
     log.info(

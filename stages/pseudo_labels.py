@@ -14,6 +14,7 @@ from intrada.config import class_set_of, get, read_params
 from intrada.data import SegmentationSet
 from intrada.io import read_parquet, write_parquet
 from intrada.pseudo_labels import write_pseudo_labels
+from intrada.space import SpacePlan, input_size, png_member_bytes
 
 
 def main() -> None:
@@ -28,6 +29,13 @@ def main() -> None:
     data, cfg = get(raw, "data"), get(raw, "pseudo_labels")
     classes = class_set_of(data)
     easy = read_parquet(args.easy, ("image_id", "image_path"))
+    # Enough free space for every label, or one line before any work.
+    height, width = input_size(data.target_size, easy)
+    space = SpacePlan()
+    labels_space = space.add(
+        args.out, "labels", len(easy), png_member_bytes("label", height * width)
+    )
+    space.check()
     model, _ = load_model(args.model, classes)
     dataset = SegmentationSet(easy, classes, Path("."), labelled=False, size=data.target_size)
     # With compute.nproc > 1, torchrun processes label whole shards each (same files).
@@ -42,7 +50,13 @@ def main() -> None:
             classes,
             cfg.batch_size,
             cfg.confidence_threshold,
-            LabelShards(out / "labels", args.out / "labels", cfg.shard_size, "label"),
+            LabelShards(
+                out / "labels",
+                args.out / "labels",
+                cfg.shard_size,
+                "label",
+                labels_space.shard_written,
+            ),
             compute,
         )
         if compute.main:

@@ -13,6 +13,7 @@ from intrada.config import check_class_names, class_set_of, get, read_params
 from intrada.data import SegmentationSet, load_index
 from intrada.inference import score_images
 from intrada.io import write_parquet
+from intrada.space import SpacePlan, input_size, png_member_bytes, stored_pixels
 
 
 def main() -> None:
@@ -28,6 +29,14 @@ def main() -> None:
     classes = class_set_of(data)
     check_class_names(cfg.rare_classes, classes, "inference.rare_classes")
     table = load_index(args.target, labelled=False)
+    # Enough free space for every map and prediction, or one line before any work.
+    height, width = input_size(data.target_size, table)
+    space = SpacePlan()
+    map_bytes = png_member_bytes("map", stored_pixels(height, width, cfg.map_downsample))
+    maps_space = space.add(args.maps, "maps", len(table), map_bytes)
+    label_bytes = png_member_bytes("label", height * width)
+    predictions_space = space.add(args.predictions, "predictions", len(table), label_bytes)
+    space.check()
     model, _ = load_model(args.model, classes)
     dataset = SegmentationSet(table, classes, Path("."), labelled=False, size=data.target_size)
     # With compute.nproc > 1, torchrun processes score whole shards each (same files).
@@ -39,8 +48,16 @@ def main() -> None:
                 table,
                 classes,
                 cfg.batch_size,
-                EntropyShards(maps, args.maps, cfg.shard_size, cfg.map_downsample),
-                LabelShards(preds, args.predictions, cfg.shard_size, "prediction"),
+                EntropyShards(
+                    maps, args.maps, cfg.shard_size, cfg.map_downsample, maps_space.shard_written
+                ),
+                LabelShards(
+                    preds,
+                    args.predictions,
+                    cfg.shard_size,
+                    "prediction",
+                    predictions_space.shard_written,
+                ),
                 rare_classes=cfg.rare_classes,
                 normalize=cfg.normalize_entropy,
                 compute=compute,

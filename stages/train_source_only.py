@@ -20,6 +20,12 @@ def main() -> None:
     parser.add_argument(
         "--val", type=Path, required=True, help="target-val index (validation during training)"
     )
+    parser.add_argument(
+        "--probe",
+        type=Path,
+        required=True,
+        help="target-train index (label-free snapshot criteria during training)",
+    )
     args = parser.parse_args()
     raw = read_params()
     sections = {name: get(raw, name) for name in ("seed", "data", "model", "source_only")}
@@ -39,6 +45,7 @@ def main() -> None:
             compute=compute,
             checkpoint_dir=args.checkpoint_dir,
             val_index=args.val,
+            probe_index=args.probe,
             source_size=sections["data"].source_size,
             target_size=sections["data"].target_size,
         )

@@ -129,3 +129,13 @@ def test_map_formats_prints_both_sets(tmp_path):
     for name in ("default benchmark, 2 maps of 128x64", "Cityscapes-sized, 2 maps of 1024x512"):
         assert name in result.stdout
     assert result.stdout.count("zip of 8-bit PNGs, full size") == 2
+
+
+def test_released_adam_prints_the_difference_table():
+    command = [sys.executable, "-m", "benchmarks.released_adam", "--iterations", "2"]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    rows = [line for line in result.stdout.splitlines() if re.match(r"\| \d+ \|", line)]
+    assert [row.split(" | ")[0] for row in rows] == ["| 1", "| 2"]
+    # The two rules differ at the first step whatever the gradients (eps counts 10x).
+    assert float(rows[0].split(" | ")[1]) > 0

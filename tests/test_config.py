@@ -120,6 +120,16 @@ def test_unknown_nested_key_is_named_with_its_section(tmp_path, params):
         ("figures", "gallery_k", -1, r"figures\.gallery_k = -1 .* >= 0"),
         ("figures", "tile_width", 8, r"figures\.tile_width = 8 .* at least 16"),
         ("figures", "score_bins", 0, r"figures\.score_bins = 0 .* positive"),
+        ("inter", "lambda_seg", -1, r"inter\.lambda_seg = -1\.0 .* >= 0"),
+        (
+            "source_only",
+            "lambda_seg",
+            0,
+            r"source_only\.lambda_seg = 0\.0 .* positive number with method source_only",
+        ),
+        ("intra", "adam", "0.4.1", r"intra\.adam = '0\.4\.1' .* one of current, released"),
+        ("inter", "gan", "wgan", r"inter\.gan = 'wgan' .* one of vanilla, ls"),
+        ("model", "aspp_branches", 2, r"model\.aspp_branches = 2 .* no value for model small"),
     ],
 )
 def test_bad_values_fail_with_one_line_naming_the_key(
@@ -219,13 +229,23 @@ def test_generate_must_match_the_dataset(tmp_path, params):
 def test_pretrained_init_needs_the_weights_file(tmp_path, params):
     params["model"] = {"name": "deeplabv2", "weights_format": "torchvision", "align_corners": True}
     params["intra"]["init"] = "pretrained"
-    with pytest.raises(ParamsError, match=r"model\.pretrained is missing: intra\.init"):
+    with pytest.raises(ParamsError, match=r"model\.pretrained is missing"):
+        check(tmp_path, params)
+    # The placeholder (the params stamp) names no weights file.
+    params["model"]["pretrained"] = "data/params.ok"
+    with pytest.raises(ParamsError, match=r"model\.pretrained = .* weights file: intra\.init"):
         check(tmp_path, params)
     params["model"]["pretrained"] = str(tmp_path / "resnet101.pth")
-    with pytest.raises(ParamsError, match=r"model\.pretrained = .* an existing ImageNet"):
+    with pytest.raises(ParamsError, match=r"model\.pretrained = .* an existing"):
         check(tmp_path, params)
     (tmp_path / "resnet101.pth").write_bytes(b"")
     check(tmp_path, params)
+
+
+def test_the_imagenet_file_is_a_dependency_so_it_must_exist_even_when_unused(tmp_path, params):
+    params["model"]["pretrained"] = str(tmp_path / "gone.pth")  # no init: pretrained
+    with pytest.raises(ParamsError, match=r"model\.pretrained = .* data/params.ok when no"):
+        check(tmp_path, params)
 
 
 @pytest.mark.parametrize("section", ["source_only", "inter", "intra"])
@@ -249,4 +269,35 @@ def test_init_file_starts_from_an_existing_file_and_alone_allows_zero_iterations
 def test_an_init_file_is_a_dependency_so_it_must_exist_even_when_unused(tmp_path, params):
     params["inter"]["init_file"] = str(tmp_path / "gone.pth")  # inter.init: source_only
     with pytest.raises(ParamsError, match=r"inter\.init_file = .* data/params.ok when inter"):
+        check(tmp_path, params)
+
+
+def test_adaptsegnet_needs_its_gan_objective_and_a_discriminator_that_fits(tmp_path, params):
+    params["inter"]["method"] = "adaptsegnet"
+    check(tmp_path, params)
+    del params["inter"]["gan"]
+    with pytest.raises(ParamsError, match=r"inter\.gan is missing: method adaptsegnet needs it"):
+        check(tmp_path, params)
+    params["inter"]["gan"] = "ls"
+    params["inter"]["disc_channels"] = [4, 8, 16, 32, 64]  # 6 halvings of 32x64 images
+    with pytest.raises(ParamsError, match=r"inter\.disc_channels .* at most 4 widths"):
+        check(tmp_path, params)
+
+
+def test_a_zero_pseudo_label_weight_needs_a_hard_split(tmp_path, params):
+    params["intra"]["lambda_seg"] = 0.0  # the intra step's adversarial term alone
+    check(tmp_path, params)
+    params["lambda"] = 1.0  # self-training: train_intra drops the target side
+    with pytest.raises(ParamsError, match=r"intra\.lambda_seg = 0\.0 .* when lambda is 1"):
+        check(tmp_path, params)
+
+
+@pytest.mark.parametrize("value", [0, 5])
+def test_aspp_branches_count_the_four_deeplab_branches(tmp_path, params, value):
+    params["model"] = {"name": "deeplabv2", "weights_format": "deeplab", "align_corners": True}
+    params["model"]["pretrained"] = "data/params.ok"
+    params["model"]["aspp_branches"] = 2  # the released AdaptSegNet network
+    check(tmp_path, params)
+    params["model"]["aspp_branches"] = value
+    with pytest.raises(ParamsError, match=rf"model\.aspp_branches = {value} .* from 1 to 4"):
         check(tmp_path, params)

@@ -7,14 +7,17 @@ deleted after its test.
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 import torchvision
 
 from intrada.classes import dataset_classes
-from intrada.config import ModelParams, TrainParams
+from intrada.config import NO_FILE, ModelParams, TrainParams
 from intrada.errors import IntradaError
-from intrada.models.deeplabv2 import DeepLabV2, load_pretrained
+from intrada.models.deeplabv2 import ASPP_RATES, DeepLabV2, load_pretrained
+from intrada.models.small import DilatedClassifier
 from intrada.runs import initial_model
 from intrada.training import AdaptationStep, set_batchnorm
 
@@ -323,12 +326,15 @@ def test_pretrained_init_loads_the_backbone_and_trains_with_10x_heads(
         weight_decay=5e-4,
         poly_power=0.9,
         lambda_seg_aux=0.1,
+        lambda_seg=1.0,
+        adam="current",
         batchnorm="frozen",
         param_listing="unique",
         hflip=False,
         log_every=1,
         eval_every=0,
         select="last",
+        probe_images=0,
         schedule_iterations=8,
     )
     set_batchnorm(model, "frozen")
@@ -381,7 +387,9 @@ def trained_deeplab():
     return model.eval()
 
 
-RELEASED_PARAMS = ModelParams(name="deeplabv2", align_corners=True, weights_format="deeplab")
+RELEASED_PARAMS = ModelParams(
+    name="deeplabv2", align_corners=True, pretrained=NO_FILE, weights_format="deeplab"
+)
 
 
 def test_a_released_state_dict_loads_as_the_same_network(trained_deeplab, save):
@@ -481,6 +489,101 @@ def test_a_released_network_needs_the_deeplab_weights_format(trained_deeplab, sa
     from intrada.runs import start_file_model
 
     path = save(released_layout(trained_deeplab.state_dict()), "released.pth")
-    params = ModelParams(name="deeplabv2", align_corners=True, weights_format="torchvision")
+    params = ModelParams(
+        name="deeplabv2", align_corners=True, pretrained=NO_FILE, weights_format="torchvision"
+    )
     with pytest.raises(IntradaError, match=r"needs model.name deeplabv2 with weights_format "):
         start_file_model(params, dataset_classes("gta5"), path)
+
+
+# --- AdaptSegNet: its classifier, its initialisation file ------------------------------
+
+
+def test_adaptsegnets_classifier_sums_its_first_two_branches_and_freezes_the_rest():
+    # The released AdaptSegNet classifier returns after adding its second branch.
+    torch.manual_seed(0)
+    head = DilatedClassifier(8, 3, ASPP_RATES, summed=2)
+    x = torch.randn(1, 8, 9, 13)
+    assert torch.equal(head(x), head.branches[0](x) + head.branches[1](x))
+    assert [b.weight.requires_grad for b in head.branches] == [True, True, False, False]
+    model = DeepLabV2(NUM_CLASSES, "deeplab", aspp_branches=2)
+    cfg = TrainParams(
+        method="source_only",
+        init="pretrained",
+        iterations=1,
+        batch_size=1,
+        optimizer="sgd",
+        lr=1.0,
+        momentum=0.9,
+        weight_decay=5e-4,
+        poly_power=0.9,
+        lambda_seg_aux=0.1,
+        lambda_seg=1.0,
+        adam="released",
+        batchnorm="released",
+        param_listing="released",
+        hflip=False,
+        log_every=1,
+        eval_every=0,
+        select="last",
+        probe_images=0,
+    )
+    set_batchnorm(model, "released")
+    listed = {
+        id(p)
+        for g in AdaptationStep(model, cfg, NUM_CLASSES).optimizer.param_groups
+        for p in g["params"]
+    }
+    unused = [
+        *model.aux_classifier.branches[2:].parameters(),
+        *model.main_classifier.branches[2:].parameters(),
+    ]
+    assert unused and not any(id(p) in listed for p in unused)
+
+
+def adaptsegnet_init_layout(model: DeepLabV2) -> tuple[dict, dict]:
+    """A file in the layout of AdaptSegNet's initialisation file (the DeepLab-v2 init of
+    ImageNet + COCO, `DeepLab_resnet_pretrained_init-f81d91e8.pth`, a download in the
+    released code): every backbone tensor under `Scale.`, its own single-level
+    classifier as `Scale.layer5.*` (on the 2048-channel layer4), no BatchNorm step
+    counters. Tensor k holds the value k everywhere, stored as one number expanded to
+    its shape (a few kB on disk, not 170 MB). Returns (file contents, expected backbone)."""
+    blob, expected = {}, {}
+    for k, (name, tensor) in enumerate(model.backbone.state_dict().items()):
+        if name.endswith("num_batches_tracked"):
+            continue
+        value = torch.full((1,) * tensor.dim(), float(k)).expand(tensor.shape)
+        blob[f"Scale.{name}"] = value
+        expected[name] = value
+    for i in range(4):
+        blob[f"Scale.layer5.conv2d_list.{i}.weight"] = torch.zeros(1, 1, 1, 1).expand(
+            21, 2048, 3, 3
+        )
+        blob[f"Scale.layer5.conv2d_list.{i}.bias"] = torch.zeros(1).expand(21)
+    return blob, expected
+
+
+def test_adaptsegnets_initialisation_file_starts_the_backbone(save):
+    classes = dataset_classes("gta5")
+    params = ModelParams(
+        name="deeplabv2",
+        align_corners=True,
+        pretrained=NO_FILE,
+        weights_format="deeplab",
+        aspp_branches=2,
+    )
+    torch.manual_seed(0)
+    fresh = DeepLabV2(len(classes), "deeplab", align_corners=True, aspp_branches=2)
+    blob, expected = adaptsegnet_init_layout(fresh)
+    path = save(blob, "DeepLab_resnet_pretrained_init-f81d91e8.pth")
+    assert path.stat().st_size < 1_000_000
+    params = dataclasses.replace(params, pretrained=str(path))
+    model, init_from = initial_model(params, classes, seed=0, init_path=None, pretrained=True)
+    assert init_from == {"path": path.as_posix(), "stage": "pretrained"}
+    assert_backbone_equals(model, expected)
+    # The file's classifier is skipped (as the released code skips Scale.layer5 for 19
+    # classes): both heads keep the seeded initialisation, and sum two branches.
+    for head in ("aux_classifier", "main_classifier"):
+        for key, value in getattr(fresh, head).state_dict().items():
+            assert torch.equal(getattr(model, head).state_dict()[key], value), key
+    assert model.main_classifier.summed == 2

@@ -78,8 +78,25 @@ def test_each_training_stage_depends_on_its_init_file():
     stages = dvc_stages(params)
     assert "weights/advent.pth" in stages["train_inter"]["deps"]
     for name in ("train_source_only", "train_intra"):
-        # The stamp itself, the init_file and the built-in tables' class_table stand-ins.
-        assert stages[name]["deps"].count("data/params.ok") == 3, name
+        # The params stamp, and the stand-ins of init_file, model.pretrained and the
+        # built-in tables' class_table.
+        assert stages[name]["deps"].count("data/params.ok") == 4, name
+
+
+def test_each_training_stage_depends_on_the_imagenet_file():
+    # model.pretrained is a path param: replacing the file in place changes no param, so
+    # the file itself must be a dependency of every stage that may load it.
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    assert params["model"]["pretrained"] == "data/params.ok"  # the default: no such file
+    params["model"].update(pretrained="weights/imagenet.pth")
+    stages = dvc_stages(params)
+    for name in ("train_source_only", "train_inter", "train_intra"):
+        assert "weights/imagenet.pth" in stages[name]["deps"], name
+    assert [n for n, s in stages.items() if "weights/imagenet.pth" in s["deps"]] == [
+        "train_source_only",
+        "train_inter",
+        "train_intra",
+    ]
 
 
 def test_every_named_plot_can_be_shown_alone():
@@ -89,3 +106,9 @@ def test_every_named_plot_can_be_shown_alone():
     ids = [next(iter(p)) if isinstance(p, dict) else p for p in plots]
     assert [i for i in ids if not re.fullmatch(i, i)] == []
     assert len(ids) == len(set(ids))
+
+
+def test_dvc_lock_records_only_stages_that_exist():
+    # An entry of a removed stage would survive in dvc.lock and mislead whoever reads it.
+    locked = yaml.safe_load((REPO / "dvc.lock").read_text())["stages"]
+    assert sorted(locked) == sorted(dvc_stages())

@@ -277,6 +277,7 @@ def profile_project(tmp_path: Path, profile: str = "gta5_cityscapes") -> tuple[P
     write_gta5(trees / "GTA5", count=4)
     write_cityscapes(trees / "cityscapes", {"train": 3, "val": 2}, size=(96, 48))
     params["data"].update(source_root=str(trees / "GTA5"), target_root=str(trees / "cityscapes"))
+    params["compute"]["device"] = "cpu"  # the profiles insist on CUDA
     project = tmp_path / "project"
     project.mkdir()
     write_params(project, params)

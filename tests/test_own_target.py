@@ -272,7 +272,7 @@ def test_dvc_repro_without_labels_runs_to_the_figures_and_says_what_is_missing(o
     result = run(["dvc", "repro"], root)
     ran = ran_stages(result)
     assert "index_data" in ran and "evaluate" in ran and "figures" in ran
-    assert "no labelled target-val: no validation during training" in result.stderr
+    assert "no labelled target-val: no val/mIoU during training" in result.stderr
     assert "not available: no labelled target-val" in result.stderr
     report = json.loads((root / "metrics/eval.json").read_text())
     assert [report[m]["mIoU"] for m in ("source_only", "inter", "intra")] == [None] * 3

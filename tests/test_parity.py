@@ -1,15 +1,19 @@
 """Parity with the released AdvEnt / IntraDA training loop.
 
-`ReleasedLoop` restates, from the papers and the behaviour documented in the issue (not
-from the released code), what one iteration of the released loop does to DeepLab-v2 and
-its two discriminators:
+`ReleasedLoop` restates, from the papers and the released code's structure (not by
+calling intrada), what one iteration of the released loop does to DeepLab-v2 and its
+two discriminators. It runs on the released networks restated layer by layer in
+`tests/released.py` (DeepLab-v2 ResNet-101 multi-level, the discriminator), which
+start from our networks' initial weights through a name mapping written there: a
+layer missing, renamed or reshaped on our side fails the copy, and a change that
+moves no tensor (a dilation, a stride, an activation's slope) fails the comparison.
 
 1. zero every gradient; poly learning rates (backbone lr, classifiers 10 lr, both
    discriminators lr_d); discriminators frozen;
 2. source forward in train mode (BatchNorm normalises with the batch's own statistics
-   and updates its running statistics; its affine parameters never train), both heads
-   upsampled bilinearly with align_corners=True to the input, CE(main) + 0.1 CE(aux),
-   backward;
+   and updates its running statistics; its affine parameters never train) on BGR
+   images in [0, 255] minus the Caffe mean, both heads upsampled bilinearly with
+   align_corners=True to the input, CE(main) + 0.1 CE(aux), backward;
 3. target forward, upsampled the same way; each discriminator, fed the self-information
    map of the softmax, is asked to say "source" (0): BCE weighted 1e-3 (main) and 2e-4
    (aux), backward;
@@ -17,7 +21,8 @@ its two discriminators:
    backward (aux, then main), then the detached target maps against label 1, loss / 2,
    backward;
 5. SGD step of the segmentation network, Adam step of the auxiliary discriminator, Adam
-   step of the main one (two optimisers, betas (0.9, 0.99)).
+   step of the main one (two optimisers, betas (0.9, 0.99), PyTorch 0.4.1's Adam
+   arithmetic: eps added before the bias correction).
 
 The SGD step is that of the PyTorch of the released code's time, applied to its lists:
 the 1x list names a backbone tensor once per module enclosing it below [conv1, bn1,
@@ -26,10 +31,24 @@ tensor's gradient in place, the momentum buffer becomes momentum * buffer + grad
 (the gradient itself the first time) and the tensor moves by -lr * buffer.
 
 Our `AdaptationStep`, with the switches at the released values (batchnorm: released,
-align_corners: true, param_listing: released, fp32), must change every parameter by the
-same update over two iterations (the second one exercises the momentum buffers), and
-the BatchNorm running statistics alike. Flipping any one switch, or reordering the
-released loop, must break the parity (`test_each_switch_is_detected`).
+align_corners: true, param_listing: released, adam: released, fp32), must change every
+parameter by the same update over two iterations (the second one exercises the momentum
+buffers), and the BatchNorm running statistics alike. Flipping any one switch, changing
+our networks' architecture, or reordering the released loop, must break the parity
+(`test_each_switch_is_detected`). Measured largest relative update difference of each
+mutation, one CPU run (parity itself: 3e-7; threshold 1e-3):
+
+| mutation | max relative difference |
+| --- | --- |
+| batchnorm: frozen | inf (BatchNorm step counters: ours kept, released counted) |
+| batchnorm: train | inf (BatchNorm's affine parameters: ours moved, released frozen) |
+| align_corners: false | 1.34 |
+| param_listing: unique | 1.02 |
+| adam: current (PyTorch >= 1.3's Adam for the discriminators) | 0.10 |
+| architecture: our discriminator's LeakyReLU slope 0.1 | 1.12 |
+| architecture: our layer4 dilated by 2, not 4 | 1.73 |
+| reference: discriminators stepped before the adversarial pass | 0.11 |
+| reference: PyTorch 2's SGD given the duplicated lists | 1.47 |
 """
 
 from __future__ import annotations
@@ -41,11 +60,21 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from intrada.config import TrainParams
 from intrada.models import DeepLabV2
 from intrada.training import AdaptationStep, set_batchnorm
+from tests.released import (
+    Adam041,
+    DeepLabMulti,
+    Discriminator,
+    copy_weights,
+    deeplab_name,
+    discriminator_name,
+    relative_differences,
+    released_input,
+    released_sgd_step,
+)
 
 NUM_CLASSES = 2
 HEIGHT, WIDTH = 33, 65  # odd sizes: align_corners changes every upsampled value
@@ -62,12 +91,15 @@ SWITCHES = TrainParams(
     weight_decay=5e-4,
     poly_power=0.9,
     lambda_seg_aux=0.1,
+    lambda_seg=1.0,
+    adam="released",
     batchnorm="released",
     param_listing="released",
     hflip=False,
     log_every=1,
     eval_every=0,
     select="last",
+    probe_images=0,
     lr_disc=1e-4,
     lambda_adv_main=1e-3,
     lambda_adv_aux=2e-4,
@@ -98,25 +130,13 @@ def bce(logits, label):
 
 
 class ReleasedLoop:
+    """The released AdvEnt loop on the restated networks (`tests/released.py`)."""
+
     def __init__(self, model, d_main, d_aux, hp, discriminators_first=False, torch2_sgd=False):
         self.model, self.d_main, self.d_aux, self.hp = model, d_main, d_aux, hp
         self.discriminators_first = discriminators_first  # a mutation: wrong order
         model.train()
-        for module in model.modules():
-            if isinstance(module, nn.BatchNorm2d):
-                for p in module.parameters():
-                    p.requires_grad = False
-        b = model.backbone
-        self.lists = [
-            [
-                p
-                for top in (b.conv1, b.bn1, b.layer1, b.layer2, b.layer3, b.layer4)
-                for module in top.modules()
-                for p in module.parameters()
-                if p.requires_grad
-            ],
-            [*model.aux_classifier.parameters(), *model.main_classifier.parameters()],
-        ]
+        self.lists = model.lr_lists()
         self.buffers: dict[int, torch.Tensor] = {}
         # A mutation: PyTorch 2's SGD handed the duplicated lists.
         self.torch2_sgd = (
@@ -130,31 +150,14 @@ class ReleasedLoop:
             if torch2_sgd
             else None
         )
-        self.opt_d_aux = torch.optim.Adam(d_aux.parameters(), lr=hp.lr_disc, betas=(0.9, 0.99))
-        self.opt_d_main = torch.optim.Adam(d_main.parameters(), lr=hp.lr_disc, betas=(0.9, 0.99))
+        self.opt_d_aux = Adam041(d_aux.parameters(), lr=hp.lr_disc, betas=(0.9, 0.99))
+        self.opt_d_main = Adam041(d_main.parameters(), lr=hp.lr_disc, betas=(0.9, 0.99))
 
     def up(self, x):
         return F.interpolate(x, size=(HEIGHT, WIDTH), mode="bilinear", align_corners=True)
 
     def poly(self, base, it):
         return base * (1 - it / self.hp.schedule_iterations) ** self.hp.poly_power
-
-    def sgd_step(self, lrs):
-        """The SGD of PyTorch 0.4-1.4 over lists that may repeat a tensor."""
-        hp = self.hp
-        grads = {id(p): p.grad.clone() for lst in self.lists for p in lst if p.grad is not None}
-        with torch.no_grad():
-            for lst, lr in zip(self.lists, lrs, strict=True):
-                for p in lst:
-                    if id(p) not in grads:
-                        continue
-                    d_p = grads[id(p)]  # shared by every entry of p: modified in place
-                    d_p.add_(p, alpha=hp.weight_decay)
-                    if id(p) not in self.buffers:
-                        self.buffers[id(p)] = d_p.clone()
-                    else:
-                        self.buffers[id(p)].mul_(hp.momentum).add_(d_p)
-                    p.add_(self.buffers[id(p)], alpha=-lr)
 
     def train_discriminators(self, maps, label):
         for disc, pred in maps:
@@ -169,16 +172,16 @@ class ReleasedLoop:
         self.opt_d_main.zero_grad()
         lr = self.poly(hp.lr, it)
         for opt in (self.opt_d_aux, self.opt_d_main):
-            opt.param_groups[0]["lr"] = self.poly(hp.lr_disc, it)
+            opt.lr = self.poly(hp.lr_disc, it)
         for p in [*self.d_aux.parameters(), *self.d_main.parameters()]:
             p.requires_grad = False
 
-        src_aux, src_main = (self.up(x) for x in model(src["image"]))
+        src_aux, src_main = (self.up(x) for x in model(released_input(src["image"])))
         seg = F.cross_entropy(src_main, src["label"], ignore_index=255)
         seg_aux = F.cross_entropy(src_aux, src["label"], ignore_index=255)
         (seg + hp.lambda_seg_aux * seg_aux).backward()
 
-        trg_aux, trg_main = (self.up(x) for x in model(trg["image"]))
+        trg_aux, trg_main = (self.up(x) for x in model(released_input(trg["image"])))
         if self.discriminators_first:
             self.discriminator_passes(src_aux, src_main, trg_aux, trg_main)
             self.opt_d_aux.step()
@@ -196,7 +199,7 @@ class ReleasedLoop:
                 group["lr"] = lr * mult
             self.torch2_sgd.step()
         else:
-            self.sgd_step([lr, 10 * lr])
+            released_sgd_step(self.lists, [lr, 10 * lr], self.buffers, hp.momentum, hp.weight_decay)
         if not self.discriminators_first:
             self.opt_d_aux.step()
             self.opt_d_main.step()
@@ -212,25 +215,19 @@ class ReleasedLoop:
 
 
 def state(model, d_main, d_aux):
+    """Every tensor of our networks, under our names."""
     tensors = {f"G.{k}": v for k, v in model.state_dict().items()}
     tensors |= {f"D_main.{k}": v for k, v in d_main.state_dict().items()}
     tensors |= {f"D_aux.{k}": v for k, v in d_aux.state_dict().items()}
     return {k: v.detach().clone() for k, v in tensors.items()}
 
 
-def relative_differences(before, after_ours, after_ref) -> dict[str, float]:
-    """Per tensor: |update_ours - update_ref| / |update_ref| (0 when both are 0)."""
+def released_state(nets, names):
+    """Every tensor of the restated networks, under our names (`names`: ours -> theirs)."""
     out = {}
-    for key, start in before.items():
-        if not start.is_floating_point():
-            out[key] = 0.0 if torch.equal(after_ours[key], after_ref[key]) else float("inf")
-            continue
-        ours = (after_ours[key] - start).double()
-        ref = (after_ref[key] - start).double()
-        scale = ref.norm()
-        diff = (ours - ref).norm()
-        value = float(diff / scale) if scale > 0 else (0.0 if diff == 0 else float("inf"))
-        out[key] = value if math.isfinite(value) else float("inf")  # NaN: as different as can be
+    for prefix, net, mapping in zip(("G", "D_main", "D_aux"), nets, names, strict=True):
+        theirs = net.state_dict()
+        out |= {f"{prefix}.{k}": theirs[v].detach().clone() for k, v in mapping.items()}
     return out
 
 
@@ -247,21 +244,43 @@ def start():
 
 
 @pytest.fixture(scope="module")
-def released(start):
-    model, d_main, d_aux = (copy.deepcopy(m) for m in start)
-    loop = ReleasedLoop(model, d_main, d_aux, SWITCHES)
+def restated(start):
+    """The released networks, restated, holding our initial weights; and the name
+    mappings (ours -> theirs) the copy checked."""
+    model, d_main, d_aux = start
+    nets = (DeepLabMulti(NUM_CLASSES), Discriminator(NUM_CLASSES), Discriminator(NUM_CLASSES))
+    names = [
+        copy_weights(ours, theirs, name)
+        for ours, theirs, name in zip(
+            start, nets, (deeplab_name, discriminator_name, discriminator_name), strict=True
+        )
+    ]
+    return nets, names
+
+
+def run_released(restated, **mutation):
+    nets, names = restated
+    model, d_main, d_aux = (copy.deepcopy(m) for m in nets)
+    loop = ReleasedLoop(model, d_main, d_aux, SWITCHES, **mutation)
     for it, (src, trg) in enumerate(batches()):
         loop.iteration(it, src, trg)
-    return state(model, d_main, d_aux)
+    return released_state((model, d_main, d_aux), names)
 
 
-def ours(start, cfg=SWITCHES, align_corners=True):
+@pytest.fixture(scope="module")
+def released(restated):
+    return run_released(restated)
+
+
+def ours(start, cfg=SWITCHES, align_corners=True, tamper=None):
     model, d_main, d_aux = (copy.deepcopy(m) for m in start)
     model.align_corners = align_corners
     set_batchnorm(model, cfg.batchnorm)
     step = AdaptationStep(model, cfg, NUM_CLASSES)
     step.discs.main.load_state_dict(d_main.state_dict())
     step.discs.aux.load_state_dict(d_aux.state_dict())
+    if tamper is not None:
+        tamper(model, step)
     for it, (src, trg) in enumerate(batches()):
         step.set_iteration(it)
         step(src, trg)
@@ -292,44 +311,75 @@ def test_one_adaptation_step_updates_as_the_released_loop(start, released, ours_
             assert moved, key
 
 
+def test_the_restatement_holds_every_tensor_of_ours_under_its_released_name(restated):
+    nets, names = restated
+    # conv1, bn1 (4 tensors and the step counter), 33 blocks, 4 shortcut projections,
+    # 8 ASPP convolutions: every one mapped, none left over (copy_weights checks both).
+    assert names[0]["backbone.layer2.0.downsample.0.weight"] == "layer2.0.downsample.0.weight"
+    assert names[0]["aux_classifier.branches.3.bias"] == "layer5.conv2d_list.3.bias"
+    assert names[0]["main_classifier.branches.0.weight"] == "layer6.conv2d_list.0.weight"
+    assert names[1]["net.8.weight"] == "classifier.weight"
+    assert len(names[0]) == len(nets[0].state_dict())
+
+
+def slope(value):
+    def tamper(model, step):
+        for disc in (step.discs.main, step.discs.aux):
+            for module in disc.modules():
+                if isinstance(module, torch.nn.LeakyReLU):
+                    module.negative_slope = value
+
+    return tamper
+
+
+def layer4_dilation(value):
+    def tamper(model, step):
+        for block in model.backbone.layer4:
+            block.conv2.dilation = block.conv2.padding = (value, value)
+
+    return tamper
+
+
 def mutated(start, name):
-    """Our step with one switch flipped away from the released value."""
+    """Our step with one switch flipped away from the released value, or our networks
+    changed."""
     if name == "align_corners: false":
         return ours(start, align_corners=False)
+    if name == "architecture: discriminator LeakyReLU slope 0.1":
+        return ours(start, tamper=slope(0.1))
+    if name == "architecture: layer4 dilated by 2, not 4":
+        return ours(start, tamper=layer4_dilation(2))
     key, value = name.split(": ")
     return ours(start, dataclasses.replace(SWITCHES, **{key: value}))
 
 
+MUTATIONS = [
+    "batchnorm: frozen",
+    "batchnorm: train",
+    "align_corners: false",
+    "param_listing: unique",
+    "adam: current",
+    "architecture: discriminator LeakyReLU slope 0.1",
+    "architecture: layer4 dilated by 2, not 4",
+    "reference: discriminators stepped before the adversarial pass",
+    "reference: PyTorch 2's SGD given the duplicated lists",
+]
+
+
 # PyTorch 2 warns that duplicated parameters will become an error: the mutation's point.
 @pytest.mark.filterwarnings("ignore:optimizer contains a parameter group with duplicate")
-@pytest.mark.parametrize(
-    "mutation",
-    [
-        "batchnorm: frozen",
-        "batchnorm: train",
-        "align_corners: false",
-        "param_listing: unique",
-        "reference: discriminators stepped before the adversarial pass",
-        "reference: PyTorch 2's SGD given the duplicated lists",
-    ],
-)
-def test_each_switch_is_detected(start, released, ours_released, mutation):
+@pytest.mark.parametrize("mutation", MUTATIONS)
+def test_each_switch_is_detected(start, restated, released, ours_released, mutation):
     before = state(*start)
     if mutation.startswith("reference: "):
         # The restatement changed instead, our step as released: the comparison must
         # notice a change of order or of optimiser arithmetic too.
-        model, d_main, d_aux = (copy.deepcopy(m) for m in start)
-        loop = ReleasedLoop(
-            model,
-            d_main,
-            d_aux,
-            SWITCHES,
+        after_ref = run_released(
+            restated,
             discriminators_first="discriminators" in mutation,
             torch2_sgd="SGD" in mutation,
         )
-        for it, (src, trg) in enumerate(batches()):
-            loop.iteration(it, src, trg)
-        differences = relative_differences(before, ours_released, state(model, d_main, d_aux))
+        differences = relative_differences(before, ours_released, after_ref)
     else:
         differences = relative_differences(before, mutated(start, mutation), released)
     assert max(differences.values()) > 100 * TOLERANCE

@@ -58,7 +58,7 @@ def test_profile_passes_validation_with_the_paper_settings(profile):
 
 
 def test_profile_sets_the_released_codes_behaviour(profile):
-    # README, "Where we differ from the released code": every switch at the released
+    # docs/fidelity.md, "The switches": every switch at the released
     # code's value, but the snapshot (the last iteration, not the best on val).
     _, raw = profile
     assert get(raw, "model").align_corners is True
@@ -68,6 +68,15 @@ def test_profile_sets_the_released_codes_behaviour(profile):
         cfg = get(raw, section)
         assert (cfg.batchnorm, cfg.param_listing) == ("released", "released")
         assert (cfg.eval_every, cfg.select) == (2000, "last")
+
+
+def test_profile_insists_on_a_gpu(profile):
+    # `auto` would fall back to the CPU, where these sizes take months: `cuda` stops at
+    # check_params instead (tests/test_real_data_path.py); the default keeps `auto`.
+    _, raw = profile
+    assert get(raw, "compute").device == "cuda"
+    default = read_params(REPO / "params.yaml")
+    assert get(default, "compute").device == "auto"
 
 
 def test_profile_sets_every_key_the_default_sets(profile):

@@ -89,6 +89,8 @@ def test_a_run_killed_after_a_checkpoint_resumes_to_the_same_model(project, tmp_
     assert all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
     assert curves(killed) == curves(uninterrupted)  # the replayed curves too
     assert torch.load(checkpoint, weights_only=True)["complete"]
+    # The last checkpoint too, byte for byte (RNG state and all).
+    assert checkpoint.read_bytes() == (uninterrupted / "checkpoints/inter" / FILE_NAME).read_bytes()
 
 
 def test_a_checkpoint_made_with_other_params_is_never_resumed(project, tmp_path):
@@ -137,8 +139,11 @@ def test_a_write_failure_while_maps_are_written_keeps_the_previous_outputs(proje
         original(self, position, member, data)
 
     monkeypatch.setattr(artifacts.ShardWriter, "add", add_then_fail)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(IntradaError) as info:  # one line naming the output and the cause
         run_stage("score_entropy", project)
+    assert str(info.value).startswith(
+        "data/entropy/predictions: writing failed: No space left on device ("
+    )
     after = {p: p.read_bytes() for p in entropy.rglob("*") if p.is_file()}
     assert after == before
     assert not [p for p in entropy.iterdir() if p.name.endswith(".tmp")]

@@ -116,3 +116,18 @@ def test_a_released_inter_model_with_no_iterations_runs_rank_to_evaluate(smoke, 
     state["layer6.conv2d_list.0.bias"] = state["layer6.conv2d_list.0.bias"] + 1
     torch.save(state, released)
     assert "train_inter" in run(["dvc", "status"], project).stdout
+
+
+def test_replacing_the_imagenet_file_in_place_reruns_the_training_stages(smoke):
+    """model.pretrained is a dependency, not only a path param: new weights under the same
+    name re-run every training stage (and, through them, the rest)."""
+    project = Path(smoke["project"])
+    weights = Path(smoke["params"]["model"]["pretrained"])
+    training = ("train_source_only", "train_inter", "train_intra")
+    before = run(["dvc", "status"], project).stdout  # the test before may leave train_inter
+    assert "train_source_only:" not in before and "train_intra:" not in before, before
+    state = torch.load(weights, weights_only=True)
+    state["Scale.conv1.weight"] = state["Scale.conv1.weight"] * 1.01
+    torch.save(state, weights)
+    status = run(["dvc", "status"], project).stdout
+    assert all(f"{name}:" in status for name in training), status

@@ -4,11 +4,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from intrada import synthetic
 from intrada.classes import dataset_classes
 from intrada.config import SyntheticParams
 from intrada.io import read_label, read_label_png, read_rgb
 from intrada.layouts import index_cityscapes, index_gta5
 from intrada.synthetic import generate_image, write_benchmark
+from tests.pipeline import dvc_stages
 
 
 def test_same_seed_gives_identical_images_and_another_seed_differs():
@@ -46,6 +48,7 @@ def test_source_and_target_look_different_and_target_severity_spreads():
 
 def test_write_benchmark_writes_the_real_layouts_that_index_back(tmp_path):
     params = SyntheticParams(
+        draw=7,
         height=32,
         width=64,
         num_source=3,
@@ -55,7 +58,7 @@ def test_write_benchmark_writes_the_real_layouts_that_index_back(tmp_path):
         severity_beta=1.0,
     )
     out = tmp_path / "synthetic"
-    write_benchmark(7, params, out)
+    write_benchmark(params.draw, params, out)
     source = index_gta5(out / "source")
     train, val = (index_cityscapes(out / "target", split) for split in ("train", "val"))
     assert (len(source), len(train), len(val)) == (3, 4, 2)
@@ -85,3 +88,37 @@ def test_write_benchmark_writes_the_real_layouts_that_index_back(tmp_path):
     digest = hashlib.sha256(Path(train["image_path"][0]).read_bytes()).hexdigest()
     write_benchmark(7, params, out)  # rewrite: byte-identical files
     assert hashlib.sha256(Path(train["image_path"][0]).read_bytes()).hexdigest() == digest
+
+
+def test_processes_write_the_same_files_as_one(tmp_path, monkeypatch):
+    """generate_data draws in one process per core: the files must not depend on it."""
+    params = SyntheticParams(
+        draw=3,
+        height=32,
+        width=64,
+        num_source=5,
+        num_target_train=4,
+        num_target_val=3,
+        severity_alpha=1.0,
+        severity_beta=1.0,
+    )
+    monkeypatch.setattr(synthetic, "IMAGES_PER_JOB", 2)  # several jobs per set
+    write_benchmark(params.draw, params, tmp_path / "one")
+    write_benchmark(params.draw, params, tmp_path / "two", workers=2)
+    one, two = (
+        {
+            p.relative_to(tmp_path / d).as_posix(): p.read_bytes()
+            for p in (tmp_path / d).rglob("*")
+            if p.is_file()
+        }
+        for d in ("one", "two")
+    )
+    assert len(one) == 2 * (5 + 4 + 3) + 1 and one == two
+
+
+def test_the_draw_alone_decides_the_benchmark():
+    """`generate.synthetic.draw` seeds the benchmark; training's `seed` is no input of
+    generate_data, so a training seed can vary on one fixed benchmark."""
+    (stage,) = [s for name, s in dvc_stages().items() if name.startswith("generate_data")]
+    assert stage["params"] == ["generate.synthetic"]
+    assert "--name synthetic" in stage["cmd"]

@@ -8,7 +8,14 @@ from intrada.config import get
 from intrada.entropy import image_entropy, self_information
 from intrada.losses import SOURCE_LABEL, TARGET_LABEL, adversarial_loss
 from intrada.models import build_model, upsample
-from intrada.training import AdaptationStep, ListedSGD, make_optimizer, poly_lr, set_batchnorm
+from intrada.training import (
+    AdaptationStep,
+    ListedSGD,
+    ReleasedAdam,
+    make_optimizer,
+    poly_lr,
+    set_batchnorm,
+)
 from tests.conftest import tiny_params
 
 
@@ -248,3 +255,181 @@ def test_released_batchnorm_normalises_batches_and_drifts_its_statistics():
     assert not torch.equal(source_only.stem[0][1].running_mean, bn.running_mean)
     set_batchnorm(model, "train")
     assert bn.training and bn.weight.requires_grad
+
+
+# --- PyTorch 0.4.1's Adam (adam: released) -----------------------------------------------
+
+
+def adam_steps(optimizer, p, grads):
+    values = []
+    for grad in grads:
+        p.grad = torch.tensor(grad, dtype=torch.float64)
+        optimizer.step()
+        values.append(p.item())
+    return values
+
+
+def test_released_adam_adds_eps_before_the_bias_correction():
+    # lr 1, betas (0.9, 0.99), eps 1e-8, p = 0, gradient 1e-7 (of eps's order).
+    # Step 1: m = 0.1 * 1e-7 = 1e-8, v = 0.01 * 1e-14 = 1e-16, sqrt(v) = 1e-8;
+    # released: sqrt(1 - 0.99) / (1 - 0.9) = 1, p = -1e-8 / (1e-8 + 1e-8) = -0.5;
+    # PyTorch >= 1.3: p = -(1 / 0.1) * 1e-8 / (1e-8 / 0.1 + 1e-8) = -10 / 11.
+    # Step 2 (same gradient): m = 0.9e-8 + 1e-8 = 1.9e-8, v = 0.99e-16 + 1e-16 = 1.99e-16;
+    # released: p -= sqrt(0.0199) / 0.19 * 1.9e-8 / (sqrt(1.99e-16) + 1e-8).
+    p = torch.nn.Parameter(torch.tensor(0.0, dtype=torch.float64))
+    released = ReleasedAdam([p], lr=1.0, betas=(0.9, 0.99))
+    step2 = 0.0199**0.5 / 0.19 * 1.9e-8 / (1.99e-16**0.5 + 1e-8)
+    assert adam_steps(released, p, [1e-7, 1e-7]) == pytest.approx([-0.5, -0.5 - step2], rel=1e-9)
+    q = torch.nn.Parameter(torch.tensor(0.0, dtype=torch.float64))
+    current = torch.optim.Adam([q], lr=1.0, betas=(0.9, 0.99))
+    assert adam_steps(current, q, [1e-7]) == pytest.approx([-10 / 11], rel=1e-9)
+    # A gradient far above eps: both move by lr at the first step (m / sqrt(v) = 1).
+    r = torch.nn.Parameter(torch.tensor(0.0, dtype=torch.float64))
+    assert adam_steps(ReleasedAdam([r], lr=1.0), r, [2.0]) == pytest.approx([-1.0], rel=1e-6)
+
+
+def test_released_adam_weight_decay_and_resume():
+    # Weight decay 0.5 is L2 added into the gradient: p = 2, gradient 0 -> 1 at step 1,
+    # m = 0.1, v = 0.001 (betas 0.9, 0.999), p = 2 - 0.1 * sqrt(0.001) / 0.1 * 0.1 /
+    # (sqrt(0.001) + 1e-8).
+    p = torch.nn.Parameter(torch.tensor(2.0, dtype=torch.float64))
+    optimizer = ReleasedAdam([p], lr=0.1, weight_decay=0.5)
+    expected = 2 - 0.1 * 0.001**0.5 / 0.1 * 0.1 / (0.001**0.5 + 1e-8)
+    assert adam_steps(optimizer, p, [0.0]) == pytest.approx([expected], rel=1e-9)
+    # Its state round-trips through state_dict (checkpoints resume it).
+    q = torch.nn.Parameter(p.detach().clone())
+    resumed = ReleasedAdam([q], lr=0.1, weight_decay=0.5)
+    resumed.load_state_dict(copy.deepcopy(optimizer.state_dict()))  # as saved and loaded
+    assert adam_steps(optimizer, p, [0.3]) == adam_steps(resumed, q, [0.3])
+
+
+def test_adam_switch_picks_the_arithmetic_of_every_adam():
+    for name, kind in (("released", ReleasedAdam), ("current", torch.optim.Adam)):
+        step = AdaptationStep(fresh_model(), cfg(adam=name), 8)  # optimizer: adam
+        assert type(step.optimizer) is kind and type(step.discs.optimizer) is kind
+
+
+# --- AdaptSegNet (method: adaptsegnet) ----------------------------------------------------
+
+
+def discriminator_inputs(step):
+    """Record what the main discriminator is fed."""
+    seen = []
+    step.discs.main.register_forward_pre_hook(lambda _, args: seen.append(args[0].detach()))
+    return seen
+
+
+@pytest.mark.parametrize("method", ["adaptsegnet", "advent"])
+def test_adaptsegnet_discriminators_see_softmax_maps_advent_entropy_maps(method):
+    src, trg = batches()
+    model = fresh_model()
+    set_batchnorm(model, "frozen")
+    step = AdaptationStep(model, cfg(method=method, gan="vanilla"), 8)
+    before = copy.deepcopy(model)
+    seen = discriminator_inputs(step)
+    step(src, trg)
+    # Adversarial term on target, then the domain step on source and target maps.
+    assert len(seen) == 3
+    with torch.no_grad():
+        _, main = before(trg["image"])
+        prob = torch.softmax(upsample(main, (32, 64), model.align_corners), 1)
+    expected = prob if method == "adaptsegnet" else self_information(prob)
+    assert torch.allclose(seen[0], expected, atol=1e-6)
+    if method == "adaptsegnet":
+        assert torch.allclose(seen[1].sum(1), torch.ones(2, 32, 64), atol=1e-5)
+
+
+@pytest.mark.parametrize("gan", ["vanilla", "ls"])
+def test_adaptsegnet_gan_objective_for_both_players(gan):
+    # The discriminators' loss and the network's adversarial term, from the maps and
+    # the discriminator before the step: BCE on logits, or (ls) the mean squared error
+    # of the raw outputs to the label, each domain's loss halved.
+    src, trg = batches()
+    model = fresh_model()
+    set_batchnorm(model, "frozen")
+    step = AdaptationStep(model, cfg(method="adaptsegnet", gan=gan), 8)
+    model_before, disc = copy.deepcopy(model), copy.deepcopy(step.discs.main)
+    losses = step(src, trg)
+
+    def objective(out, label):
+        if gan == "ls":
+            return ((out - label) ** 2).mean()
+        return torch.nn.functional.binary_cross_entropy_with_logits(
+            out, torch.full_like(out, label)
+        )
+
+    with torch.no_grad():
+        d_out = [
+            disc(torch.softmax(upsample(model_before(x["image"])[1], (32, 64), False), 1))
+            for x in (src, trg)
+        ]
+    assert losses["loss_adv_trg_main"] == pytest.approx(float(objective(d_out[1], 0.0)), 1e-5)
+    expected = (objective(d_out[0], 0.0) + objective(d_out[1], 1.0)) / 2
+    assert losses["loss_d_main"] == pytest.approx(float(expected), rel=1e-5)
+
+
+# --- the source-like side's weight (lambda_seg) -------------------------------------------
+
+
+def test_lambda_seg_zero_trains_on_the_target_side_term_alone():
+    # lambda_seg 0 with real labels steps as lambda_seg 1 with every label ignored: the
+    # pseudo-labels' cross-entropy is gone, the easy maps still feed the discriminators.
+    src, trg = batches()
+    a, b = fresh_model(), fresh_model()
+    set_batchnorm(a, "frozen")
+    set_batchnorm(b, "frozen")
+    torch.manual_seed(1)  # the same discriminators for both
+    losses = AdaptationStep(a, cfg(lambda_seg=0.0, lambda_adv_main=1.0), 8)(src, trg)
+    unlabelled = {**src, "label": torch.full_like(src["label"], 255)}
+    torch.manual_seed(1)
+    AdaptationStep(b, cfg(lambda_seg=1.0, lambda_adv_main=1.0), 8)(unlabelled, trg)
+    for key, value in a.state_dict().items():
+        assert torch.equal(value, b.state_dict()[key]), key
+    assert losses["loss_seg_src_main"] > 0  # still measured and logged
+
+
+def test_lambda_seg_scales_the_source_gradient():
+    src, _ = batches()
+    moves = []
+    for weight in (1.0, 2.0):
+        model = fresh_model()
+        set_batchnorm(model, "frozen")
+        before = weights(model)
+        settings = cfg(
+            method="source_only", optimizer="sgd", lr=1.0, momentum=0.0, weight_decay=0.0
+        )
+        AdaptationStep(model, dataclasses.replace(settings, lambda_seg=weight), 8)(src, None)
+        moves.append({k: model.state_dict()[k] - v for k, v in before.items()})
+    key = "main_head.branches.0.weight"
+    assert torch.allclose(moves[1][key], 2 * moves[0][key], rtol=1e-4, atol=1e-7)
+    assert moves[0][key].abs().max() > 1e-4
+
+
+def test_an_adaptsegnet_step_with_released_adam_resumes_from_a_saved_snapshot(tmp_path):
+    # The checkpoint round trip of train(): snapshot, torch.save, weights_only load,
+    # restore; the next step is then the uninterrupted run's, bit for bit.
+    from intrada.training import restore, snapshot
+    from intrada.validation import Selection
+
+    settings = cfg(method="adaptsegnet", gan="ls", adam="released")
+    data = [batches(seed) for seed in range(3)]
+    model = fresh_model()
+    set_batchnorm(model, settings.batchnorm)
+    step = AdaptationStep(model, settings, 8)
+    for it in range(2):
+        step.set_iteration(it)
+        step(*data[it])
+    path = tmp_path / "checkpoint.pt"
+    torch.save(snapshot(step, 2, {}, [], Selection("last", 0)), path)
+    resumed_model = fresh_model(seed=1)  # other weights: all must come from the file
+    set_batchnorm(resumed_model, settings.batchnorm)
+    resumed = AdaptationStep(resumed_model, settings, 8)
+    restore(resumed, torch.load(path, weights_only=True), Selection("last", 0))
+    for s in (step, resumed):
+        s.set_iteration(2)
+        s(*data[2])
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, resumed_model.state_dict()[key]), key
+    assert isinstance(resumed.discs.optimizer, ReleasedAdam)
+    for key, value in step.discs.main.state_dict().items():
+        assert torch.equal(value, resumed.discs.main.state_dict()[key]), key

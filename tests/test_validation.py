@@ -12,6 +12,7 @@ from torch.utils.data import Dataset
 from intrada.config import get
 from intrada.models import build_model
 from intrada.resume import Checkpoints
+from intrada.selection import TargetProbe, pick
 from intrada.training import train
 from intrada.validation import Selection, snapshot_report, validation_miou
 from tests.conftest import tiny_params
@@ -116,7 +117,7 @@ def test_a_resumed_run_keeps_the_best_snapshot_so_far(monkeypatch, tmp_path):
     checkpoints = Checkpoints(tmp_path, 2, key="run")
     scripted(monkeypatch, [50.0, 70.0, 60.0])
 
-    def stop_at_six(iteration, miou):
+    def stop_at_six(iteration, miou, criteria=None):
         if iteration == 6:
             raise Interrupt  # killed after the checkpoint of iteration 4
 
@@ -128,7 +129,7 @@ def test_a_resumed_run_keeps_the_best_snapshot_so_far(monkeypatch, tmp_path):
         cfg(select="best_val"),
         val_set=VAL,
         checkpoints=checkpoints,
-        on_val=lambda i, m: replayed.append((i, m)),
+        on_val=lambda i, m, c=None: replayed.append((i, m)),
     )
     assert replayed == [(2, 50.0), (4, 70.0), (6, 60.0)]  # the curve replayed, then new
     assert selection.best_iteration == 4 and same_weights(resumed, whole)
@@ -145,10 +146,13 @@ def test_snapshot_report_names_what_was_selected_on_the_evaluation_set():
         "mIoU_best_val_selected_on_val": 70.0,
         "best_val_iteration": 4,
         "selected_iteration": 6,
+        "select": "last",
+        "mIoU_selected_on_val": False,
     }
     best = Selection("best_val", 2, curve=selection.curve, best_iteration=4, best_miou=70.0)
     assert snapshot_report(best.summary(6), 70.2)["mIoU_best_val_selected_on_val"] == 70.2
     assert snapshot_report(best.summary(6), 70.2)["mIoU_last"] == 60.0
+    assert snapshot_report(best.summary(6), 70.2)["mIoU_selected_on_val"] is True
     assert snapshot_report(Selection("last", 0).summary(6), 60.1) == {}
 
 
@@ -159,3 +163,54 @@ def test_validation_leaves_the_random_stream_and_running_statistics_alone():
     validation_miou(model, VAL, 2)
     assert torch.equal(torch.get_rng_state(), rng)
     assert all(torch.equal(v, stats[k]) for k, v in model.state_dict().items())
+
+
+def test_a_label_free_criterion_keeps_its_pick_and_reports_every_pick():
+    """select: entropy keeps the lowest-entropy snapshot's weights, not the best on val;
+    the summary and eval.json give each criterion's pick with its val mIoU."""
+    selection = Selection("entropy", 2)
+    model = build_model("small", NUM_CLASSES, width=4)
+    weights = {}
+    points = (
+        (2, 50.0, {"entropy": 0.30, "infomax": 0.40, "snd": 0.10}),
+        (4, 70.0, {"entropy": 0.25, "infomax": 0.30, "snd": 0.20}),
+        (6, 60.0, {"entropy": 0.20, "infomax": 0.35, "snd": 0.15}),
+    )
+    for iteration, miou, criteria in points:
+        with torch.no_grad():
+            for p in model.parameters():
+                p.fill_(iteration)
+        weights[iteration] = {k: v.clone() for k, v in model.state_dict().items()}
+        selection.record(iteration, miou, model, criteria)
+    assert selection.selected_iteration() == 6
+    assert all(torch.equal(selection.best_state[k], v) for k, v in weights[6].items())
+    summary = selection.summary(6)
+    assert summary["picks"] == {
+        "entropy": {"iteration": 6, "mIoU": 60.0},
+        "infomax": {"iteration": 2, "mIoU": 50.0},
+        "snd": {"iteration": 4, "mIoU": 70.0},
+    }
+    report = snapshot_report(summary, 60.3)
+    assert report["select"] == "entropy" and report["mIoU_selected_on_val"] is False
+    assert report["label_free_picks"]["entropy"] == {"iteration": 6, "mIoU": 60.3}
+    # A checkpoint round trip keeps the criteria curve.
+    resumed = Selection("entropy", 2)
+    resumed.restore(selection.state())
+    assert resumed.summary(6) == summary
+
+
+def test_training_with_a_target_probe_keeps_the_criterion_pick_and_changes_nothing_else():
+    """A probe computes the label-free criteria at every validation point without
+    touching training; select: snd ends on the SND pick, equal to retraining to it."""
+    probe = TargetProbe(TARGET, [0, 3, 5, 7], 2)
+    plain, _ = run(cfg(), val_set=VAL)
+    probed, selection = run(cfg(), val_set=VAL, probe=probe)
+    assert same_weights(plain, probed)  # the probe changes nothing in training
+    assert [i for i, _ in selection.criteria] == [2, 4, 6]
+    assert set(selection.criteria[0][1]) == {"entropy", "infomax", "snd"}
+    picked = pick(selection.criteria, "snd")
+    chosen, _ = run(cfg(select="snd"), val_set=VAL, probe=probe)
+    shortened, _ = run(cfg(iterations=picked), val_set=VAL)
+    assert same_weights(chosen, shortened)
+    with pytest.raises(ValueError, match="needs a target probe"):
+        run(cfg(select="snd"), val_set=VAL)

@@ -62,8 +62,8 @@ DEEPLAB_PREFIX = "Scale."
 IGNORED_PREFIXES = ("fc.", "layer5.")
 
 
-def aspp_classifier(cin: int, num_classes: int) -> nn.Module:
-    head = DilatedClassifier(cin, num_classes, ASPP_RATES)
+def aspp_classifier(cin: int, num_classes: int, summed: int = len(ASPP_RATES)) -> nn.Module:
+    head = DilatedClassifier(cin, num_classes, ASPP_RATES, summed)
     for conv in head.modules():
         if isinstance(conv, nn.Conv2d):
             # The reference initialises the classifier weights (not the biases) so.
@@ -75,10 +75,16 @@ class DeepLabV2(nn.Module):
     """Takes RGB images in [0, 1]; returns (aux, main) class scores at 1/8 resolution.
 
     `align_corners`: how its scores are upsampled to image size (`models.upsample`; the
-    released code uses true)."""
+    released code uses true). `aspp_branches`: how many of the four ASPP branches each
+    classifier sums (4: DeepLab-v2, AdvEnt; 2: the released AdaptSegNet network, whose
+    classifier returns after its second branch)."""
 
     def __init__(
-        self, num_classes: int, weights_format: str = "torchvision", align_corners: bool = False
+        self,
+        num_classes: int,
+        weights_format: str = "torchvision",
+        align_corners: bool = False,
+        aspp_branches: int = len(ASPP_RATES),
     ):
         super().__init__()
         if weights_format not in WEIGHTS_FORMATS:
@@ -104,8 +110,8 @@ class DeepLabV2(nn.Module):
             backbone.layer2[0].conv2.stride = (1, 1)
             backbone.maxpool.ceil_mode = True
         self.backbone = backbone
-        self.aux_classifier = aspp_classifier(1024, num_classes)
-        self.main_classifier = aspp_classifier(2048, num_classes)
+        self.aux_classifier = aspp_classifier(1024, num_classes, aspp_branches)
+        self.main_classifier = aspp_classifier(2048, num_classes, aspp_branches)
 
         mean, std, self.bgr255 = NORMALISATION[weights_format]
         # Constants of the format, not weights: kept out of the state dict.
@@ -119,8 +125,10 @@ class DeepLabV2(nn.Module):
         b = self.backbone
         x = b.maxpool(b.relu(b.bn1(b.conv1(x))))
         x3 = b.layer3(b.layer2(b.layer1(x)))
-        x4 = b.layer4(x3)
-        return self.aux_classifier(x3), self.main_classifier(x4)
+        # The auxiliary head first, as the released code orders it: the gradients
+        # reaching layer3 from its five uses then add up in the released order.
+        aux = self.aux_classifier(x3)
+        return aux, self.main_classifier(b.layer4(x3))
 
     def param_groups(self, listing: str = "unique") -> list[tuple[list[nn.Parameter], float]]:
         """(parameters, learning-rate multiplier) groups: the classifiers learn 10x

@@ -1,4 +1,5 @@
-"""The fully-convolutional discriminator of AdvEnt, applied to self-information maps."""
+"""The fully-convolutional discriminator of AdvEnt (applied to self-information maps) and
+of AdaptSegNet (applied to softmax maps): the two released codes define the same network."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ from torch import nn
 class EntropyDiscriminator(nn.Module):
     """4x4 convolutions of stride 2 with LeakyReLU(0.2), ending in one logit per cell.
 
-    `channels` are the hidden widths; AdvEnt uses (64, 128, 256, 512). The logit says
-    "target" (1) against "source" (0).
+    `channels` are the hidden widths; AdvEnt and AdaptSegNet use (64, 128, 256, 512).
+    The logit says "target" (1) against "source" (0).
     """
 
     def __init__(self, num_classes: int, channels: tuple[int, ...] = (64, 128, 256, 512)):

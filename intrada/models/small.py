@@ -43,16 +43,28 @@ class ResidualBlock(nn.Module):
 
 
 class DilatedClassifier(nn.Module):
-    """DeepLab-v2's ASPP classifier: class scores summed over parallel dilated convs."""
+    """DeepLab-v2's ASPP classifier: class scores summed over parallel dilated convs.
 
-    def __init__(self, cin: int, num_classes: int, rates: tuple[int, ...]):
+    `summed` < len(rates) sums only the first `summed` branches, as the released
+    AdaptSegNet network does (2 of 4); the others stay in the state dict, so that the
+    released files load, frozen (`requires_grad` off: they never see a gradient, and so
+    that DDP does not wait for one)."""
+
+    def __init__(
+        self, cin: int, num_classes: int, rates: tuple[int, ...], summed: int | None = None
+    ):
         super().__init__()
         self.branches = nn.ModuleList(
             nn.Conv2d(cin, num_classes, 3, padding=r, dilation=r) for r in rates
         )
+        self.summed = len(rates) if summed is None else summed
+        if not 1 <= self.summed <= len(rates):
+            raise ValueError(f"summed = {summed}: expected 1 to {len(rates)} branches")
+        for branch in self.branches[self.summed :]:
+            branch.requires_grad_(False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return sum(branch(x) for branch in self.branches)
+        return sum(branch(x) for branch in self.branches[: self.summed])
 
 
 class PerImageStandardize(nn.Module):
