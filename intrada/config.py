@@ -399,6 +399,10 @@ class TrainParams:
     schedule_iterations: int | None = None
     # Iterations between resumable checkpoints (one is always written at the end).
     checkpoint_every: int | None = None
+    # intra only: rounds of intra-domain adaptation (rank, split, pseudo-label, adapt),
+    # each ranking with the previous round's model; 1 = the paper's one round. dvc.yaml
+    # must hold the later rounds' stages: `python -m intrada.rounds` writes them.
+    rounds: int | None = None
     # The model file to start from when init is file: one this pipeline wrote, or a
     # released AdvEnt / IntraDA DeepLab-v2 state dict (docs/released-models.md).
     # Otherwise NO_INIT_FILE (dvc.yaml declares it as a dependency either way).
@@ -421,6 +425,12 @@ class TrainParams:
                 f"a positive number; 0 only with {key}.init: file (the model is that file "
                 "as it is)",
             )
+        if (key == "intra") != (self.rounds is not None):
+            if key == "intra":
+                raise ParamsError(f"{PARAMS_FILE}: {key}.rounds is missing")
+            _fail(f"{key}.rounds", self.rounds, "no rounds key: only the intra section has one")
+        if self.rounds is not None and self.rounds < 1:
+            _fail(f"{key}.rounds", self.rounds, "an integer >= 1 (1 = one intra round)")
         if key == "source_only" and self.method != "source_only":
             _fail(f"{key}.method", self.method, "source_only (this step sees no target)")
         if self.batchnorm == "frozen" and self.init == "scratch":

@@ -188,10 +188,39 @@ figcaption { font-size: 12px; color: #555; max-width: 640px; }
 """
 
 
+def rounds_table(rounds: dict[str, dict[str, Any]]) -> str:
+    """Later intra rounds (`metrics/rounds/round_<k>.json`): each round's model against
+    the one it ranked with, and its ranking diagnostics."""
+    rows = []
+    for name, metrics in rounds.items():
+        ranked_with, trained = [m for m in metrics if m not in ("diagnostics", "not_available")]
+        diagnostics = metrics.get("diagnostics") or {}
+        rows.append(
+            [
+                name,
+                ranked_with,
+                metrics[ranked_with].get("mIoU"),
+                metrics[trained].get("mIoU"),
+                diagnostics.get("pseudo_label_accuracy"),
+            ]
+        )
+    return "\n".join(
+        [
+            "<h3>Intra rounds after the first (target-val mIoU %)</h3>",
+            _table(["round", "ranked with", "its mIoU", "round's mIoU", "pseudo-label acc."], rows),
+        ]
+    )
+
+
 def build_html(
-    entries: list[dict], metrics: dict[str, Any] | None, context: list[str], errors: list[dict]
+    entries: list[dict],
+    metrics: dict[str, Any] | None,
+    context: list[str],
+    errors: list[dict],
+    rounds: dict[str, dict[str, Any]] | None = None,
 ) -> str:
-    """The report page: context lines, metrics tables, then the plots by section."""
+    """The report page: context lines, metrics tables (later intra rounds' too), then
+    the plots by section."""
     sections: dict[str, list[dict]] = {name: [] for name, _, _ in SECTIONS}
     sections["Other plots"] = []
     for entry in entries:
@@ -203,6 +232,7 @@ def build_html(
         *[f'<p class="note">{html.escape(line)}</p>' for line in context],
         "<h2>Metrics</h2>",
         metrics_tables(metrics) if metrics else "<p>No metrics file.</p>",
+        rounds_table(rounds) if rounds else "",
     ]
     for name, items in sections.items():
         if not items:
@@ -269,7 +299,14 @@ def write_report(root: Path, out: Path, metrics_path: Path) -> dict[str, int]:
         plots = dvc_plots(root, Path(tmp))
         entries = figures(plots)
     metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else None
-    page = build_html(entries, metrics, project_context(root), plots.get("errors") or [])
+    rounds = {
+        path.stem: json.loads(path.read_text())
+        for path in sorted(
+            (metrics_path.parent / "rounds").glob("round_*.json"),
+            key=lambda p: int(p.stem.split("_")[1]),
+        )
+    }
+    page = build_html(entries, metrics, project_context(root), plots.get("errors") or [], rounds)
     with atomic_path(out) as tmp_out:
         tmp_out.write_text(page, encoding="utf-8")
     return {

@@ -1,6 +1,7 @@
-"""Stage evaluate: per-class IoU and mIoU on target-val of the source-only, inter and
-intra models, their confusion matrices, image panels, and the ranking diagnostics
-(against target-train's held-back ground truth). A target without a labelled val set
+"""Stage evaluate: per-class IoU and mIoU on target-val of the models given (the
+source-only, inter and intra models; in a later intra round, the model it ranked with
+and the one it trained), their confusion matrices, image panels, and the ranking
+diagnostics (against target-train's held-back ground truth). A target without a labelled val set
 or without target-train labels gets a metrics file that says which numbers it lacks."""
 
 import argparse
@@ -13,20 +14,36 @@ from intrada.compute import processes
 from intrada.config import class_set_of, get, read_params
 from intrada.data import SegmentationSet, load_index
 from intrada.diagnostics import DIAGNOSTICS, split_report
+from intrada.errors import IntradaError
 from intrada.evaluation import write_report
 from intrada.io import read_parquet
 
-MODELS = ("source_only", "inter", "intra")
 NO_VAL = "no labelled target-val (data.target_val_images, data.target_val_labels)"
 NO_TRAIN_LABELS = "target-train has no labels (data.target_train_labels)"
 
 log = logging.getLogger("evaluate")
 
 
+def model_paths(pairs: list[str]) -> dict[str, Path]:
+    """`NAME=PATH` arguments as {name: path}, in their order."""
+    paths = {}
+    for pair in pairs:
+        name, sep, path = pair.partition("=")
+        if not sep or not name or not path or name in paths:
+            raise IntradaError(f"--model {pair}: expected NAME=PATH with a new name")
+        paths[name] = Path(path)
+    return paths
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    for name in MODELS:
-        parser.add_argument(f"--{name.replace('_', '-')}-model", type=Path, required=True)
+    parser.add_argument(
+        "--model",
+        action="append",
+        required=True,
+        metavar="NAME=PATH",
+        help="a model file and its name in the metrics (repeat; in the panels' order)",
+    )
     parser.add_argument("--val", type=Path, required=True, help="labelled index table")
     parser.add_argument(
         "--target-train-gt", type=Path, required=True, help="target-train ground-truth index"
@@ -39,6 +56,7 @@ def main() -> None:
     parser.add_argument("--iou-dir", type=Path, required=True)
     parser.add_argument("--panels-dir", type=Path, required=True)
     args = parser.parse_args()
+    paths = model_paths(args.model)
     raw = read_params()
     data, cfg = get(raw, "data"), get(raw, "evaluate")
     classes = class_set_of(data)
@@ -72,7 +90,7 @@ def main() -> None:
             diagnostics = dict.fromkeys(DIAGNOSTICS)
         else:
             diagnostics = split_report(easy, hard, truth, pseudo, classes, compute=compute)
-        loaded = {name: load_model(getattr(args, f"{name}_model"), classes) for name in MODELS}
+        loaded = {name: load_model(path, classes) for name, path in paths.items()}
         models = {name: compute.module(model) for name, (model, _) in loaded.items()}
         report = write_report(
             models,
@@ -92,7 +110,7 @@ def main() -> None:
         )
     if not compute.main:
         return
-    for name in MODELS:
+    for name in paths:
         extra = " ".join(
             f"{k} {v}" for k, v in report[name].items() if k.startswith(("mIoU_", "best_val_"))
         )

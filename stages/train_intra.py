@@ -2,7 +2,11 @@
 the source-like side against the hard split as the target.
 
 At lambda = 1 every image is easy and there is no hard split: the step is the paper's
-self-training control, cross-entropy on the pseudo-labels only."""
+self-training control, cross-entropy on the pseudo-labels only.
+
+Round k >= 2 of several (`intra.rounds`, `intrada.rounds`) runs this stage on its own
+splits and pseudo-labels with `--round k`: `--inter-model` is then the model that round
+ranked with (round k-1's), and its batches follow a stream of their own."""
 
 import argparse
 import dataclasses
@@ -30,8 +34,12 @@ def main() -> None:
         help="start point when intra.init = source_only",
     )
     parser.add_argument(
-        "--inter-model", type=Path, required=True, help="start point when intra.init = inter"
+        "--inter-model",
+        type=Path,
+        required=True,
+        help="start point when intra.init = inter (in round k >= 2: round k-1's model)",
     )
+    parser.add_argument("--round", type=int, default=1, help="the intra round (intra.rounds)")
     parser.add_argument("--model-out", type=Path, required=True)
     parser.add_argument("--live-dir", type=Path, required=True)
     parser.add_argument(
@@ -72,6 +80,8 @@ def main() -> None:
             checkpoint_dir=args.checkpoint_dir,
             val_index=args.val,
             probe_index=args.probe,
+            # Round 1 keeps the stage's own stream; later rounds get streams of their own.
+            run_key_of_stage=None if args.round == 1 else 100 + args.round,
             # Both sides are target images: the easy split and the hard split.
             source_size=sections["data"].target_size,
             target_size=sections["data"].target_size,

@@ -16,12 +16,12 @@ from intrada.dag import resolved_stages
 from tests.conftest import REPO, write_params
 
 
-def dvc_stages(params: dict | None = None) -> dict[str, dict]:
+def dvc_stages(params: dict | None = None, dvc_yaml: Path = REPO / "dvc.yaml") -> dict[str, dict]:
     """dvc.yaml's stages in file order (a topological order), resolved as DVC resolves
     them for `params` (the repository's params.yaml by default)."""
     if params is None:
         params = yaml.safe_load((REPO / "params.yaml").read_text())
-    return resolved_stages(REPO / "dvc.yaml", params)
+    return resolved_stages(dvc_yaml, params)
 
 
 def stage_argv(stage: dict) -> tuple[str, list[str]]:
@@ -41,11 +41,17 @@ def working_directory(path: Path):
         os.chdir(old)
 
 
-def run_stage(name: str, directory: Path, accessed: dict[str, set] | None = None) -> None:
-    """Call one stage's main() in `directory` with its dvc.yaml arguments. If `accessed`
-    is given, record the params.yaml keys the stage parsed into accessed[name]."""
+def run_stage(
+    name: str,
+    directory: Path,
+    accessed: dict[str, set] | None = None,
+    dvc_yaml: Path = REPO / "dvc.yaml",
+) -> None:
+    """Call one stage's main() in `directory` with its arguments in `dvc_yaml`. If
+    `accessed` is given, record the params.yaml keys the stage parsed into
+    accessed[name]."""
     params = yaml.safe_load((directory / "params.yaml").read_text())
-    module_name, args = stage_argv(dvc_stages(params)[name])
+    module_name, args = stage_argv(dvc_stages(params, dvc_yaml)[name])
     module = importlib.import_module(module_name)
     original_get = getattr(module, "get", None)
     if accessed is not None and original_get is not None:
@@ -67,11 +73,16 @@ def run_stage(name: str, directory: Path, accessed: dict[str, set] | None = None
             module.get = original_get
 
 
-def run_pipeline(directory: Path, params: dict, accessed: dict[str, set] | None = None) -> None:
+def run_pipeline(
+    directory: Path,
+    params: dict,
+    accessed: dict[str, set] | None = None,
+    dvc_yaml: Path = REPO / "dvc.yaml",
+) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     write_params(directory, params)
-    for name in dvc_stages(params):
-        run_stage(name, directory, accessed)
+    for name in dvc_stages(params, dvc_yaml):
+        run_stage(name, directory, accessed, dvc_yaml)
 
 
 def tree_digest(directory: Path, folders=("data", "models", "metrics", "plots", "dvclive")):

@@ -73,3 +73,17 @@ def test_report_embeds_each_chart_and_image_once_in_its_section(tmp_path):
 def test_charts_render_without_a_browser_or_network():
     svg = render_svg(line_chart("a title"))
     assert svg.startswith("<svg") and "a title" in svg
+
+
+def test_report_tables_the_later_intra_rounds():
+    rounds = {
+        "round_2": {
+            "intra": {"mIoU": 55.5},
+            "round_2": {"mIoU": 56.25},
+            "diagnostics": {"pseudo_label_accuracy": 91.0},
+        }
+    }
+    page = build_html([], METRICS, [], [], rounds)
+    assert "<h3>Intra rounds after the first (target-val mIoU %)</h3>" in page
+    assert "<td>round_2</td><td>intra</td><td>55.50</td><td>56.25</td><td>91.00</td>" in page
+    assert "Intra rounds" not in build_html([], METRICS, [], [])
