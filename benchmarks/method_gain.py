@@ -67,12 +67,16 @@ SEEDS = [0, 1, 2, 3, 4, 5]  # the tuning and reporting set
 # Set by --jobs: the thread count of every stage when seeds run side by side. Results
 # depend on it (other reduction orders), so the report names it.
 THREAD_ENV: dict[str, str] = {}
+# The DAG the runs follow (benchmarks.method_study points it at one with later rounds).
+DVC_YAML = REPO / "dvc.yaml"
+# (run folder, stage, seconds) of every stage run: the CPU time a study took.
+STAGE_SECONDS: list[tuple[str, str, float]] = []
 
 
 def dvc_stages(directory: Path) -> dict[str, dict]:
     """dvc.yaml's stages, resolved for the params.yaml in `directory`."""
     params = yaml.safe_load((directory / "params.yaml").read_text())
-    return resolved_stages(REPO / "dvc.yaml", params)
+    return resolved_stages(DVC_YAML, params)
 
 
 def run_stages(directory: Path, names: tuple[str, ...] | list[str], log) -> None:
@@ -88,7 +92,9 @@ def run_stages(directory: Path, names: tuple[str, ...] | list[str], log) -> None
         log.write(result.stdout + result.stderr)
         if result.returncode:
             sys.exit(f"error: {directory.name}: stage {name} failed:\n{result.stderr[-2000:]}")
-        print(f"  {directory.name}: {name} {time.perf_counter() - start:.0f} s", flush=True)
+        seconds = time.perf_counter() - start
+        STAGE_SECONDS.append((str(directory), name, seconds))
+        print(f"  {directory.parent.name}/{directory.name}: {name} {seconds:.0f} s", flush=True)
 
 
 def prepare_variant(main: Path, directory: Path, params: dict, rerun: tuple[str, ...]) -> None:
