@@ -1,10 +1,15 @@
 """Speed of the pipeline's hot paths, as ratios measured in one run on this machine.
 
-(a) training-step throughput of our AdvEnt step against a straightforward
+(a) training-step throughput of our AdvEnt step, as the pipeline runs it on this
+    machine (the params' compute settings: NHWC on the CPU), against a straightforward
     re-implementation of the reference loop's structure (the discriminator step
     recomputes softmax and entropy of both domains from the network's outputs and runs
-    source and target through each discriminator with separate backward passes), on the
-    same model and data; goal >= 1.0x;
+    source and target through each discriminator with separate backward passes; NCHW
+    fp32, as the released code), on the same model and data; the median of the ratios
+    of alternating timed blocks; goal >= 1.0x. The same step with the released code's
+    memory format is reported beside it (the loop's structure alone). On a CPU with
+    instructions beyond AVX2, (a) is measured again with PyTorch's AVX2 kernels
+    (`ATEN_CPU_CAPABILITY=avx2`, in a child process), as on an AVX2-only CPU;
 (b) entropy scoring (`score_images`: maps, predictions and scores table written)
     against bare forward passes over the same images; goal: overhead <= 15 %;
 (c) ranking 1,000,000 scores into the two split files; goal < 2 s;
@@ -15,7 +20,8 @@
     deleted outputs; goals at 100,000 images: no-op `dvc repro` < 5 s, `dvc status`
     < 10 s.
 
-    python -m benchmarks.speed [--params params.yaml] [--steps 20] [--images 256]
+    python -m benchmarks.speed [--params params.yaml] [--steps 20] [--step-rounds 7]
+        [--images 256]
         [--scores 1000000] [--skip-dvc] [--scale-images 100000] [--scale-shard-size 1000]
         [--scale-model models/inter/model.pt]
 """
@@ -25,7 +31,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import platform
 import shlex
 import shutil
 import subprocess
@@ -40,9 +45,11 @@ import torch
 import torch.nn.functional as F
 import yaml
 
+from benchmarks.machine import describe, instruction_set
 from intrada.artifacts import EntropyShards, LabelShards
 from intrada.checkpoint import model_meta, save_model
 from intrada.classes import dataset_classes
+from intrada.compute import CPU, Compute, setup
 from intrada.config import get, read_params
 from intrada.dag import copy_pipeline
 from intrada.data import SegmentationSet, in_order, loader
@@ -93,13 +100,15 @@ class ReferenceStyleStep(AdaptationStep):
         return losses
 
 
-def make_step(step_class, raw: dict):
-    """An AdvEnt step of `step_class` on a fresh seeded model, and fixed random batches."""
+def make_step(step_class, raw: dict, compute: Compute = CPU):
+    """An AdvEnt step of `step_class` on a fresh seeded model, and fixed random batches;
+    the network and batches in `compute`'s memory format."""
     data, model_params = get(raw, "data"), get(raw, "model")
     cfg = dataclasses.replace(get(raw, "inter"), method="advent")
     classes = dataset_classes(data.name)
     torch.manual_seed(0)
     model = build_model(model_params.name, len(classes), **arch_config(model_params)).train()
+    model = compute.module(model)
     set_batchnorm(model, cfg.batchnorm)
     width, height = data.target_size
     src = {
@@ -107,30 +116,59 @@ def make_step(step_class, raw: dict):
         "label": torch.randint(0, len(classes), (cfg.batch_size, height, width)),
     }
     trg = {"image": torch.rand(cfg.batch_size, 3, height, width)}
-    step = step_class(model, cfg, len(classes))
+    step = step_class(model, cfg, len(classes), compute)
     return lambda: step(src, trg)
 
 
-def benchmark_step(raw: dict, steps: int, rounds: int = 5) -> str:
-    """Median over `rounds` of alternating blocks of `steps` steps each (so that drift of
-    the machine's speed hits both alike)."""
-    runs = {"ours": make_step(AdaptationStep, raw), "reference": make_step(ReferenceStyleStep, raw)}
+def benchmark_step(raw: dict, steps: int, rounds: int = 7) -> str:
+    """Median over `rounds` of the ratios of alternating blocks of `steps` steps each
+    (the order flips every round, so that drift of the machine's speed hits both
+    alike)."""
+    pipeline = setup(get(raw, "compute"))  # what `dvc repro` runs with here
+    runs = {
+        "ours": make_step(AdaptationStep, raw, pipeline),
+        "ours, NCHW": make_step(AdaptationStep, raw, CPU),
+        "reference": make_step(ReferenceStyleStep, raw, CPU),
+    }
     for run in runs.values():
         run(), run()  # warm-up
     seconds = {name: [] for name in runs}
-    for _ in range(rounds):
-        for name, run in runs.items():
+    for r in range(rounds):
+        for name in list(runs)[:: 1 if r % 2 == 0 else -1]:
             start = time.perf_counter()
             for _ in range(steps):
-                run()
+                runs[name]()
             seconds[name].append((time.perf_counter() - start) / steps)
-    ours, reference = (float(np.median(seconds[n])) for n in ("ours", "reference"))
-    ratio = float(np.median(np.array(seconds["reference"]) / np.array(seconds["ours"])))
+    ms = {name: 1000 * float(np.median(v)) for name, v in seconds.items()}
+    reference = np.array(seconds["reference"])
+    ratio = float(np.median(reference / np.array(seconds["ours"])))
+    same_format = float(np.median(reference / np.array(seconds["ours, NCHW"])))
+    memory = "NHWC" if pipeline.channels_last else "NCHW"
     return (
-        f"(a) training step (AdvEnt, batch {get(raw, 'inter').batch_size}): ours "
-        f"{ours * 1000:.1f} ms, reference-style {reference * 1000:.1f} ms -> {ratio:.2f}x "
-        "(goal >= 1.0x)"
+        f"(a) [{instruction_set()}] training step (AdvEnt, batch {get(raw, 'inter').batch_size},"
+        f" {torch.get_num_threads()} threads): ours {ms['ours']:.1f} ms ({memory}, as the "
+        f"pipeline runs), reference-style {ms['reference']:.1f} ms (NCHW) -> {ratio:.2f}x "
+        f"(goal >= 1.0x); ours in NCHW {ms['ours, NCHW']:.1f} ms -> {same_format:.2f}x"
     )
+
+
+def benchmark_step_avx2(params: str, steps: int, rounds: int) -> str | None:
+    """(a) again in a child process with PyTorch's AVX2 kernels, when this CPU has more
+    (what an AVX2-only CPU runs); None when it has not."""
+    if instruction_set() in ("AVX2", "DEFAULT", "NO AVX"):
+        return None
+    code = (
+        "import sys; from benchmarks.speed import benchmark_step; "
+        "from intrada.config import read_params; "
+        f"print(benchmark_step(read_params({params!r}), {steps}, {rounds}))"
+    )
+    env = {**os.environ, "ATEN_CPU_CAPABILITY": "avx2", "PYTHONPATH": str(REPO)}
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=REPO
+    )
+    if result.returncode != 0:
+        return f"(a) [AVX2] failed: {result.stderr.strip().splitlines()[-1]}"
+    return result.stdout.strip()
 
 
 def synthetic_set(
@@ -202,7 +240,8 @@ def benchmark_inference(
     base, full = (float(np.median(timings[n])) for n in ("bare", "scored"))
     ratio = float(np.median(np.array(timings["scored"]) / np.array(timings["bare"])))
     return (
-        f"(b) inference, {label}, {count} images: bare forwards {base:.2f} s, scoring "
+        f"(b) [{instruction_set()}] inference, {label}, {count} images: bare forwards "
+        f"{base:.2f} s, scoring "
         f"with maps, predictions and table {full:.2f} s -> overhead "
         f"{100 * (ratio - 1):.1f} % (goal <= 15 %)"
     )
@@ -403,7 +442,8 @@ def benchmark_scale(raw: dict, count: int, shard_size: int, model_path: Path | N
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--steps", type=int, default=20, help="timed training steps")
+    parser.add_argument("--steps", type=int, default=20, help="timed training steps per block")
+    parser.add_argument("--step-rounds", type=int, default=7, help="alternating blocks of each")
     parser.add_argument("--images", type=int, default=256, help="images scored in (b)")
     parser.add_argument(
         "--deeplab-images", type=int, default=16, help="images scored with DeepLab-v2 (0: skip)"
@@ -420,12 +460,11 @@ def main() -> None:
     )
     args = parser.parse_args()
     raw = read_params(args.params)
-    print(
-        f"{platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__} "
-        f"({torch.get_num_threads()} threads), CUDA {torch.cuda.is_available()}",
-        flush=True,
-    )
-    print(benchmark_step(raw, args.steps), flush=True)
+    print(describe(), flush=True)
+    print(benchmark_step(raw, args.steps, args.step_rounds), flush=True)
+    avx2 = benchmark_step_avx2(str(args.params), args.steps, args.step_rounds)
+    if avx2 is not None:
+        print(avx2, flush=True)
     print(benchmark_inference(raw, args.images), flush=True)
     if args.deeplab_images:
         print(benchmark_inference(raw, args.deeplab_images, deeplab_size=(256, 128)), flush=True)

@@ -10,6 +10,7 @@ import sys
 
 import pandas as pd
 import pytest
+import torch
 import yaml
 
 from tests.conftest import REPO, tiny_params, write_params
@@ -86,6 +87,8 @@ def test_speed_benchmark_prints_the_five_measurements():
             "benchmarks.speed",
             "--steps",
             "1",
+            "--step-rounds",
+            "1",
             "--images",
             "8",
             "--deeplab-images",
@@ -103,9 +106,15 @@ def test_speed_benchmark_prints_the_five_measurements():
     )
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
+    # The machine first: CPU model and the instruction set PyTorch's kernels use.
+    assert re.search(r"\(x86_64|aarch64|arm64", lines[0]) and " kernels)" in lines[0], lines[0]
+    isa = torch.backends.cpu.get_cpu_capability()
+    if isa not in ("AVX2", "DEFAULT", "NO AVX"):  # the same step with AVX2 kernels
+        (avx2,) = [line for line in lines if line.startswith("(a) [AVX2] training step")]
+        assert re.search(r"-> \d+\.\d\dx \(goal >= 1\.0x\)", avx2), avx2
     for prefix, pattern in (
-        ("(a) training step", r"-> \d+\.\d\dx \(goal >= 1\.0x\)"),
-        ("(b) inference, small model", r"overhead -?\d+\.\d % \(goal <= 15 %\)"),
+        (f"(a) [{isa}] training step", r"-> \d+\.\d\dx \(goal >= 1\.0x\); ours in NCHW"),
+        (f"(b) [{isa}] inference, small model", r"overhead -?\d+\.\d % \(goal <= 15 %\)"),
         ("(c) ranking 1,000 scores", r"\d+\.\d\d s \(goal < 2 s\)"),
         ("(d) no-op dvc repro", r"\d+\.\d\d s \(goal < 5 s\)"),
         ("(e) 24 images of 64x32", r"one file per image \(before\) vs shards of 10$"),
