@@ -148,3 +148,63 @@ def test_released_adam_prints_the_difference_table():
     assert [row.split(" | ")[0] for row in rows] == ["| 1", "| 2"]
     # The two rules differ at the first step whatever the gradients (eps counts 10x).
     assert float(rows[0].split(" | ")[1]) > 0
+
+
+def test_method_study_tables_from_a_results_dict():
+    """The study's tables and orderings on hand-made results (its runs are the method
+    gain benchmark's, tested above): each row reads the run and model it names."""
+    from benchmarks import method_study as ms
+
+    def run(**models):
+        return {name: {"mIoU": value} for name, value in models.items()}
+
+    def seed(offset: float) -> dict:
+        curve = [[50, 60.0 + offset], [100, 62.0 + offset]]
+        picks = {
+            "entropy": {"iteration": 50},
+            "infomax": {"iteration": 100},
+            "snd": {"iteration": 50},
+        }
+        validation = {
+            "curve": curve, "last_iteration": 100, "best_mIoU": 62.0 + offset, "picks": picks
+        }  # fmt: skip
+        main = run(source_only=50 + offset, inter=60 + offset, intra=62 + offset,
+                   round_2=63 + offset, round_3=62.5 + offset)  # fmt: skip
+        main["diagnostics"] = {"pseudo_label_accuracy": 90.0}
+        main["round_2_diagnostics"] = {"pseudo_label_accuracy": 91.0}
+        main["round_3_diagnostics"] = {"pseudo_label_accuracy": 92.0}
+        return {
+            "main": main,
+            "oracle": {"mIoU": 80 + offset},
+            "adv_only": run(intra=61 + offset),
+            "self_training": run(intra=61.5 + offset),
+            "normalised": run(intra=62.5 + offset),
+            "intra_ce": run(intra=61.8 + offset),
+            "asn": run(inter=59 + offset, intra=61 + offset),
+            "asn_adv_only": run(intra=60 + offset),
+            "asn_self_training": run(intra=60.5 + offset),
+            "asn_normalised": run(intra=60.8 + offset),
+            "asn_intra_ce": run(intra=60.9 + offset),
+            "select_entropy": run(intra=61.9 + offset),
+            "validation": {stage: validation for stage in ms.STAGES},
+            "noise": {name: 0.1 for name, *_ in ms.GAINS},
+        }
+
+    results = {0: seed(0.0), 1: seed(1.0)}
+    advent = ms.ablation_table(results, "advent")
+    assert "| Ours (IntraDA) | 46.30 | 62.50 ± 0.71 | 62.00 | 63.00 |" in advent
+    assert "| AdvEnt + self-training (lambda = 1) | 45.50 | 62.00 ± 0.71 |" in advent
+    orderings = ms.orderings(results, "advent")
+    assert orderings[0].endswith("2 of 2 seeds, mean +1.00 (holds on every seed)")
+    asn = ms.ablation_table(results, "adaptsegnet")
+    assert "| Ours (IntraDA on AdaptSegNet) | – | 61.50 ± 0.71 |" in asn
+    rounds = ms.rounds_table(results)
+    assert "| 2 | 63.50 ± 0.71 | 43.33 ± 0.00 | 91.00 ± 0.00 | 63.00 | 64.00 |" in rounds
+    picks, final = ms.selection_tables(results)
+    assert "| inter | entropy | -2.00 ± 0.00 | -2.00 ± 0.00 | 50, 50 |" in picks
+    # entropy's pick was rerun; infomax picked the last snapshot: the main run.
+    assert "| entropy | 62.40 ± 0.71 | 61.90 | 62.90 |" in final
+    assert "| infomax | 62.50 ± 0.71 | 62.00 | 63.00 |" in final
+    spread = ms.spread_table(results, {1: results[1]["main"]})
+    assert "| intra - inter | 2.00 ± 0.00 | 2.00 ± 0.00 |" in spread
+    assert "+2.00 ± 0.10" in ms.noise_table(results)
