@@ -8,7 +8,7 @@ INSTALLED := $(VENV)/.installed
 # Stage commands call `python`: put the project's environment first on PATH.
 RUN := PATH="$(CURDIR)/$(BIN):$$PATH"
 
-.PHONY: help install repro test test-faults lint method-gain bench gpu-check smoke report plots evaluate-model
+.PHONY: help install repro test test-faults lint method-gain method-study bench gpu-check smoke report plots evaluate-model
 
 install: $(INSTALLED) ## create .venv and install the pinned requirements (once)
 
@@ -54,6 +54,12 @@ lint: $(INSTALLED) ## ruff check and ruff format --check
 # sweep: `python -m benchmarks.method_gain --lambdas 0.33 0.67 1.0`.
 method-gain: $(INSTALLED) ## seeds 0-5 with controls and oracle (96 min on 2 cores)
 	$(RUN) python -m benchmarks.method_gain --lambdas --jobs 2
+
+# The paper's ablation table with AdvEnt and with AdaptSegNet as the framework, three
+# intra rounds, label-free snapshot selection and the two kinds of spread, seeds 0-5
+# with the controls and noise, two runs at a time (docs/method-study.md).
+method-study: $(INSTALLED) ## ablation tables, rounds, label-free selection, spread (hours on 2 cores)
+	$(RUN) python -m benchmarks.method_study --jobs 2
 
 # Speed: training step vs reference-style loop, inference overhead, ranking, no-op repro.
 bench: $(INSTALLED) ## speed benchmarks (docs/benchmarks.md)
