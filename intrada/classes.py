@@ -7,8 +7,8 @@ class are listed as ignored. Label sets are named after the datasets that store 
 (`TABLE_COLUMNS`): a source (`gta5`, `synthia`, `synscapes`, `synthetic`), the
 Cityscapes target (`cityscapes`), or the user's own target (`target`). The built-in
 tables (`builtin_table`: Cityscapes' 19 classes, SYNTHIA's 16, the synthetic
-benchmark's 8) and a user's file (`read_class_table`, the format in `notes/datasets.md`)
-are the same thing, and a run's `ClassSet` is always built from one.
+benchmark's 8) and a user's file (`read_class_table`, the format in docs/datasets.md,
+"Your own images") are the same thing, and a run's `ClassSet` is always built from one.
 
 Inside the pipeline every label is a *train id* (255 = ignore): for the built-in tables
 Cityscapes' train ids, for a user's table the class's position in it. Raw datasets store

@@ -24,7 +24,7 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from intrada.config import TrainParams
+from intrada.config import ADVERSARIAL_METHODS, TrainParams
 from intrada.errors import IntradaError
 from intrada.io import existing_ancestor, free_space, human_bytes, mount_point
 
@@ -107,7 +107,7 @@ def checkpoint_bytes(
     of the network's state, of its parameters and of both discriminators' parameters:
     the network; its optimiser's state per parameter (`optimizer` sgd: the momentum
     buffer; adam: both moments and a step count; none: nothing); the discriminators with
-    their Adam state; and with `best_snapshot` (select: best_val) the best network."""
+    their Adam state; and with `best_snapshot` (any select but last) the best network."""
     copies, steps = {"none": (0, 0), "sgd": (1, 0), "adam": (2, 1)}[optimizer]
     data = model_state[0] + copies * parameters[0] + STEP_BYTES * steps * parameters[1]
     tensors = model_state[1] + (copies + steps) * parameters[1]
@@ -202,7 +202,7 @@ def training_plan(
         if optimizer == "sgd" and cfg.momentum == 0:
             optimizer = "none"  # SGD without momentum keeps no state
         discs = (0, 0)
-        if cfg.method == "advent" and cfg.disc_channels:
+        if cfg.method in ADVERSARIAL_METHODS and cfg.disc_channels:  # advent, adaptsegnet
             count, tensors = discriminator_params(num_classes, cfg.disc_channels)
             discs = (2 * 4 * count, 2 * tensors)  # main and aux, fp32
         each = checkpoint_bytes(
@@ -210,7 +210,7 @@ def training_plan(
             tensors_bytes(model.parameters()),
             optimizer,
             discs,
-            best_snapshot=cfg.select == "best_val",
+            best_snapshot=cfg.select != "last",  # best_val or a label-free pick
         )
         plan.add(checkpoint_dir, "checkpoint, new and old", 1, 2 * each)
     return plan

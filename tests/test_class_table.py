@@ -230,8 +230,9 @@ def test_the_command_prints_a_builtin_table_that_reads_back(tmp_path):
     assert "29-31" in out  # runs of ignored Cityscapes ids are written as ranges
 
 
-# The user documentation's example class table and params (moved with it: keep in step).
-DOC = REPO / "notes" / "datasets.md"
+# The user documentation's example class table and params (docs/datasets.md, "Your own
+# images": keep in step).
+DOC = REPO / "docs" / "datasets.md"
 
 
 def doc_blocks(language: str) -> list[str]:

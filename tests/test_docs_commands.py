@@ -66,6 +66,9 @@ RUN = {
     "make lint": Expect(),
     "source .venv/bin/activate": Expect(),
     "python -m stages.check_params --stamp data/params.ok": Expect(),
+    "python -m intrada.classes gta5": Expect(output="- name: motorcycle"),
+    "python -m intrada.rounds --help": Expect(output="Write the stages of intra rounds 2..N"),
+    "python -m intrada.rounds": Expect(output="dvc.yaml: stages of 1 round(s) (was 1)"),
     "dvc dag": Expect(output="check_params"),
     "dvc params diff": Expect(),
     "dvc metrics show": Expect(output="metrics/eval.json"),
@@ -74,6 +77,12 @@ RUN = {
     "dvc exp run -S lambda=1.5": Expect(
         returncode=255,  # DVC's status for a failed stage
         output="error: params.yaml: lambda = 1.5 is invalid: expected a number in (0, 1]",
+        then="git checkout -- params.yaml",
+    ),
+    "dvc exp run -S intra.rounds=3": Expect(
+        returncode=255,
+        output="error: params.yaml: intra.rounds = 3 but dvc.yaml holds the stages of 1 "
+        "round(s): run `python -m intrada.rounds` to write them",
         then="git checkout -- params.yaml",
     ),
     "dvc remote add -d storage /mnt/shared/intrada-cache": Expect(),

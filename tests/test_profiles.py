@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import pytest
 import yaml
@@ -34,41 +35,81 @@ def profile(request, tmp_path, monkeypatch):
     return request.param.stem, read_params(tmp_path / "params.yaml")
 
 
+# What each profile's framework released: AdvEnt / IntraDA's configuration for GTA5 and
+# SYNTHIA, AdaptSegNet's (`train_gta2cityscapes_multi.py` as its LS-GAN command sets it)
+# for Synscapes. docs/fidelity.md, "The protocol, profile by profile".
+ADVENT = {
+    "method": "advent",
+    "pretrained": "DeepLab_resnet_pretrained_imagenet.pth",  # AdvEnt's ImageNet file
+    "aspp_branches": 4,
+    "iterations": (120000, 250000),  # EARLY_STOP of MAX_ITERS
+    "eval_every": 2000,  # the snapshots the released test script scans
+    "lambda_seg_aux": 0.1,
+    "lambda_adv": (1e-3, 2e-4),  # main, aux
+    "gan": "vanilla",  # (read only by adaptsegnet)
+}
+RELEASED = {
+    "gta5_cityscapes": {**ADVENT, "source_size": (1280, 720)},
+    "synthia_cityscapes": {**ADVENT, "source_size": (1280, 760)},
+    "synscapes_cityscapes": {
+        "method": "adaptsegnet",
+        "pretrained": "DeepLab_resnet_pretrained_init-f81d91e8.pth",  # AdaptSegNet's init
+        "aspp_branches": 2,  # its classifier's early return
+        "iterations": (150000, 250000),  # NUM_STEPS_STOP of NUM_STEPS
+        "eval_every": 5000,  # SAVE_PRED_EVERY
+        "lambda_seg_aux": 0.0,  # its LS-GAN run is single-level: --lambda-seg 0
+        "lambda_adv": (0.01, 0.0),  # --lambda-adv-target2 0.01 --lambda-adv-target1 0
+        "gan": "ls",  # --gan LS
+        "source_size": (1440, 720),  # Synscapes' own size
+    },
+}
+
+
 def test_there_is_a_profile_per_real_source():
-    assert [p.stem for p in PROFILES] == ["gta5_cityscapes", "synthia_cityscapes"]
+    assert [p.stem for p in PROFILES] == sorted(RELEASED)
 
 
 def test_profile_passes_validation_with_the_paper_settings(profile):
     name, raw = profile
+    released = RELEASED[name]
     check_all(raw)
     data, model = get(raw, "data"), get(raw, "model")
     assert data.name == name.split("_")[0]
-    assert data.target_size == (1024, 512)
-    assert model.name == "deeplabv2"
+    assert (data.source_size, data.target_size) == (released["source_size"], (1024, 512))
+    assert (model.name, model.weights_format) == ("deeplabv2", "deeplab")
+    assert Path(model.pretrained).name == released["pretrained"]
+    assert model.aspp_branches == released["aspp_branches"]
     for section in ("source_only", "inter", "intra"):
         cfg = get(raw, section)
         assert (cfg.init, cfg.optimizer, cfg.lr, cfg.batch_size) == ("pretrained", "sgd", 2.5e-4, 1)
-        assert (cfg.iterations, cfg.schedule_iterations) == (120000, 250000)
+        assert (cfg.iterations, cfg.schedule_iterations) == released["iterations"]
         assert (cfg.momentum, cfg.weight_decay, cfg.poly_power) == (0.9, 5e-4, 0.9)
+        assert (cfg.lambda_seg, cfg.lambda_seg_aux) == (1.0, released["lambda_seg_aux"])
+        assert cfg.hflip is False
     for section in ("inter", "intra"):
         cfg = get(raw, section)
-        assert (cfg.lambda_adv_main, cfg.lambda_adv_aux, cfg.lr_disc) == (1e-3, 2e-4, 1e-4)
+        assert (cfg.method, cfg.gan) == (released["method"], released["gan"])
+        assert (cfg.lambda_adv_main, cfg.lambda_adv_aux) == released["lambda_adv"]
+        assert cfg.lr_disc == 1e-4
         assert cfg.disc_channels == (64, 128, 256, 512)
     assert get(raw, "lambda") == 0.67
+    assert get(raw, "intra").rounds == 1
 
 
 def test_profile_sets_the_released_codes_behaviour(profile):
     # docs/fidelity.md, "The switches": every switch at the released code's value, the
     # snapshot included (the best on Cityscapes val, as the released protocol ranks and
-    # reports with), and PyTorch 0.4.1's Adam arithmetic.
-    _, raw = profile
+    # reports with, at the framework's snapshot interval), PyTorch 0.4.1's Adam
+    # arithmetic, and the ranking of the paper's main row (not normalised).
+    name, raw = profile
     assert get(raw, "model").align_corners is True
     assert get(raw, "data").size_mismatch == "resize"
     assert get(raw, "compute").amp is False
+    assert get(raw, "inference").normalize_entropy is False
     for section in ("source_only", "inter", "intra"):
         cfg = get(raw, section)
         assert (cfg.batchnorm, cfg.param_listing) == ("released", "released")
-        assert (cfg.eval_every, cfg.select) == (2000, "best_val")
+        assert (cfg.eval_every, cfg.select) == (RELEASED[name]["eval_every"], "best_val")
         assert cfg.adam == "released"
 
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 import shutil
@@ -16,6 +17,7 @@ import intrada.runs
 from intrada.checkpoint import load_model
 from intrada.config import get, read_params
 from intrada.models import EntropyDiscriminator
+from intrada.selection import CRITERIA
 from intrada.space import (
     FILE_BYTES,
     MEMBER_BYTES,
@@ -26,6 +28,7 @@ from intrada.space import (
     png_member_bytes,
     saved_bytes,
     stored_pixels,
+    tensors_bytes,
     training_plan,
 )
 from tests.conftest import tiny_params
@@ -116,6 +119,32 @@ def test_training_estimates_bound_the_files_training_wrote(project):
             size = path.stat().st_size
             allowance = FILE_BYTES + TENSOR_RECORD_BYTES * count
             assert need - allowance <= size <= need, (stage, path.name, need, size)
+
+
+def test_training_estimates_count_what_each_method_and_select_keeps(project):
+    """AdaptSegNet's checkpoint holds the same two discriminators and Adam states as
+    AdvEnt's, and every select but `last` keeps one more network (`Selection.best_state`)
+    in it: the estimates say so."""
+    raw = read_params(project / "params.yaml")
+    model, meta = load_model(project / "models" / "inter" / "model.pt")
+    cfg = get(raw, "inter")
+    assert (cfg.method, cfg.select) == ("advent", "last")
+
+    def checkpoint(**changes) -> int:
+        plan = training_plan(
+            model,
+            dataclasses.replace(cfg, **changes),
+            len(meta["class_names"]),
+            Path("model.pt"),
+            Path("checkpoints"),
+        )
+        return plan.needs[1].each
+
+    assert checkpoint(method="adaptsegnet", gan="ls") == checkpoint()
+    assert checkpoint(method="minent") < checkpoint()  # no discriminators
+    kept = {select: checkpoint(select=select) for select in ("best_val", *CRITERIA)}
+    network = saved_bytes(*tensors_bytes(model.state_dict().values())) - FILE_BYTES
+    assert set(kept.values()) == {checkpoint() + 2 * network}  # the need counts it twice
 
 
 def tensors_in(obj):
