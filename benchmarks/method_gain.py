@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
 import json
 import os
 import shlex
@@ -79,11 +80,26 @@ def dvc_stages(directory: Path) -> dict[str, dict]:
     return resolved_stages(DVC_YAML, params)
 
 
+# Stages a run folder has completed, with the params they ran with: a benchmark run again
+# on the same folder goes on where it stopped (the stages are deterministic).
+DONE = ".stages_done.json"
+
+
 def run_stages(directory: Path, names: tuple[str, ...] | list[str], log) -> None:
-    """Run stages by their dvc.yaml commands in `directory` (which holds params.yaml)."""
+    """Run stages by their dvc.yaml commands in `directory` (which holds params.yaml),
+    skipping those an earlier run of the benchmark completed there with the same params
+    (and the same thread count)."""
     stages = dvc_stages(directory)
     env = {**os.environ, "PYTHONPATH": str(REPO), **THREAD_ENV}
+    key = hashlib.sha256(
+        (directory / "params.yaml").read_bytes() + json.dumps(THREAD_ENV).encode()
+    ).hexdigest()
+    done_file = directory / DONE
+    done = json.loads(done_file.read_text()) if done_file.is_file() else {}
     for name in names:
+        if done.get(name) == key:
+            print(f"  {directory.parent.name}/{directory.name}: {name} done before", flush=True)
+            continue
         words = shlex.split(stages[name]["cmd"])
         start = time.perf_counter()
         result = subprocess.run(
@@ -94,6 +110,8 @@ def run_stages(directory: Path, names: tuple[str, ...] | list[str], log) -> None
             sys.exit(f"error: {directory.name}: stage {name} failed:\n{result.stderr[-2000:]}")
         seconds = time.perf_counter() - start
         STAGE_SECONDS.append((str(directory), name, seconds))
+        done[name] = key
+        done_file.write_text(json.dumps(done))
         print(f"  {directory.parent.name}/{directory.name}: {name} {seconds:.0f} s", flush=True)
 
 

@@ -24,6 +24,12 @@ Then, on benchmark draw 0, the default pipeline for training seeds 1-5 (seed 0 i
 seed 0's `main`): the spread over training runs on one fixed benchmark, beside the
 spread over draws.
 
+The study runs in phases (`PHASES`: the default pipeline with its controls and the
+AdvEnt rows; the AdaptSegNet rows; the selection runs; then the training seeds), each
+over every seed, and rewrites `report.md` after each with the tables it can fill. Run
+again on the same --workdir, it goes on where it stopped (stages a run folder
+completed with the same params are skipped).
+
     python -m benchmarks.method_study [--seeds 0 1 2 3 4 5] [--train-seeds 1 2 3 4 5]
         [--workdir runs/method_study] [--bootstrap 1000] [--jobs 2]
 
@@ -190,46 +196,74 @@ def validation_of(root: Path, run: str, model: str) -> dict:
     return blob["meta"]["validation"]
 
 
-def run_seed(base: dict, seed: int, workdir: Path, draws: int) -> dict:
+def seed_params(base: dict, seed: int) -> dict[str, dict]:
+    """Every run's params of one seed, by run name (main, the variants, the selections)."""
+    runs = {"main": main_params(base, seed, seed, ROUNDS)}
+    for name, (start, change, _) in VARIANTS.items():
+        runs[name] = change(runs[start])
+    for criterion in CRITERIA:
+        runs[f"select_{criterion}"] = changed(s=set_key("inter.select", criterion))(runs["main"])
+    return runs
+
+
+def run_variants(root: Path, runs: dict[str, dict], names: list[str], log) -> None:
+    for name in names:
+        start, _, rerun = VARIANTS[name]
+        mg.prepare_variant(root / start, root / name, runs[name], rerun)
+        mg.run_stages(root / name, rerun, log)
+
+
+# The study in phases, each over every seed before the next starts: a study stopped
+# part-way still has complete tables for its first phases, and a study run again goes on
+# where it stopped (`method_gain.run_stages` skips the stages a run folder completed).
+PHASES = ("core", "adaptsegnet", "selection")
+
+
+def run_phase(phase: str, base: dict, seed: int, workdir: Path) -> None:
+    root = workdir / f"seed_{seed}"
+    runs = seed_params(base, seed)
+    main = root / "main"
+    with open(workdir / f"seed_{seed}.{phase}.log", "w") as log:
+        if phase == "core":
+            main.mkdir(parents=True, exist_ok=True)
+            (main / "params.yaml").write_text(yaml.safe_dump(runs["main"], sort_keys=False))
+            mg.run_stages(main, list(mg.dvc_stages(main)), log)
+            # Controls of method_gain: source-only as long as the pipeline, the oracle.
+            long = copy.deepcopy(runs["main"])
+            long["source_only"]["iterations"] = sum(long[s]["iterations"] for s in STAGES)
+            mg.prepare_variant(main, root / "source_long", long, mg.VARIANT_STAGES["source_long"])
+            mg.run_stages(root / "source_long", mg.VARIANT_STAGES["source_long"], log)
+            mg.prepare_oracle(main, root / "oracle", long)
+            mg.run_stages(root / "oracle", mg.VARIANT_STAGES["oracle"], log)
+            run_variants(root, runs, ["intra_ce", "adv_only", "self_training", "normalised"], log)
+        elif phase == "adaptsegnet":
+            run_variants(root, runs, [n for n in VARIANTS if n.startswith("asn")], log)
+        else:
+            # Label-free selection: the pipeline again where a criterion's inter pick is not
+            # the last snapshot (where it is, the run would be `main` itself).
+            inter = validation_of(root, "main", "inter")
+            for criterion in CRITERIA:
+                pick = inter["picks"].get(criterion, {}).get("iteration")
+                if pick is None or pick == inter["last_iteration"]:
+                    continue
+                name = f"select_{criterion}"
+                mg.prepare_variant(main, root / name, runs[name], FROM_INTER)
+                mg.run_stages(root / name, FROM_INTER, log)
+
+
+def collect(workdir: Path, seed: int, draws: int) -> dict:
+    """One seed's results from its run folders (what has run so far)."""
     root = workdir / f"seed_{seed}"
     results: dict = {}
-    with open(workdir / f"seed_{seed}.log", "w") as log:
-        main = root / "main"
-        main.mkdir(parents=True, exist_ok=True)
-        params = main_params(base, seed, seed, ROUNDS)
-        (main / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-        mg.run_stages(main, list(mg.dvc_stages(main)), log)
-        results["main"] = metrics_of(root, "main")
-        runs = {"main": params}
-        # Controls of method_gain: source-only trained as long as the pipeline, the oracle.
-        long = copy.deepcopy(params)
-        long["source_only"]["iterations"] = sum(params[s]["iterations"] for s in STAGES)
-        mg.prepare_variant(main, root / "source_long", long, mg.VARIANT_STAGES["source_long"])
-        mg.run_stages(root / "source_long", mg.VARIANT_STAGES["source_long"], log)
-        results["source_long"] = metrics_of(root, "source_long")
-        mg.prepare_oracle(main, root / "oracle", long)
-        mg.run_stages(root / "oracle", mg.VARIANT_STAGES["oracle"], log)
+    for name in ("main", "source_long", *VARIANTS, *(f"select_{c}" for c in CRITERIA)):
+        if (root / name / "metrics/eval.json").is_file():
+            results[name] = metrics_of(root, name)
+    if (root / "oracle/models/source_only/model.pt").is_file():
         results["oracle"] = {"mIoU": mg.model_miou(root / "oracle", "source_only")}
-        for name, (start, change, rerun) in VARIANTS.items():
-            runs[name] = change(runs[start])
-            mg.prepare_variant(root / start, root / name, runs[name], rerun)
-            mg.run_stages(root / name, rerun, log)
-            results[name] = metrics_of(root, name)
-        # Label-free selection: each stage's picks from main's curves; the pipeline again
-        # where the inter pick is not the last snapshot.
+    if "main" in results:
         results["validation"] = {s: validation_of(root, "main", s) for s in STAGES}
-        inter = results["validation"]["inter"]
-        for criterion in CRITERIA:
-            pick = inter["picks"].get(criterion, {}).get("iteration")
-            if pick is None or pick == inter["last_iteration"]:
-                continue
-            name = f"select_{criterion}"
-            runs[name] = changed(s=set_key("inter.select", criterion))(params)
-            mg.prepare_variant(main, root / name, runs[name], FROM_INTER)
-            mg.run_stages(root / name, FROM_INTER, log)
-            results[name] = metrics_of(root, name)
-        if draws:
-            results["noise"] = noise(root, draws)
+    if draws and all(a in results and b in results for _, a, _, b, _ in GAINS):
+        results["noise"] = noise(root, draws)
     return results
 
 
@@ -298,6 +332,8 @@ def orderings(results: dict[int, dict], framework: str) -> list[str]:
     for (la, ra, ma), (lb, rb, mb) in zip(rows, rows[1:], strict=False):
         a = [miou(r, ra, ma) for r in results.values()]
         b = [miou(r, rb, mb) for r in results.values()]
+        if None in a or None in b:
+            continue
         held = sum(x < y for x, y in zip(a, b, strict=True))
         mean_gain = statistics.mean(b) - statistics.mean(a)
         verdict = "holds on the mean" if mean_gain > 0 else "does not hold"
@@ -401,6 +437,9 @@ def noise_table(results: dict[int, dict]) -> str:
     for name, ra, ma, rb, mb in GAINS:
         cells = []
         for r in results.values():
+            if "noise" not in r:
+                cells.append("–")
+                continue
             gain = miou(r, rb, mb) - miou(r, ra, ma)
             cells.append(f"{gain:+.2f} ± {r['noise'][name]:.2f}")
         rows.append([name, *cells])
@@ -409,6 +448,61 @@ def noise_table(results: dict[int, dict]) -> str:
 
 def cpu_hours(threads: int) -> float:
     return sum(seconds for _, _, seconds in mg.STAGE_SECONDS) * threads / 3600
+
+
+def report(
+    results: dict[int, dict], trained: dict[int, dict], done: list[str], draws: int, header: str
+) -> str:
+    """Every table whose runs have finished (`done`: the phases completed)."""
+    parts = [header, "", f"Phases done: {', '.join(done)}.", ""]
+    if "core" in done:
+        parts += [
+            "## Seeds: default pipeline and controls (target-val mIoU %)",
+            "",
+            mg.seed_table(results, controls=True),
+            "",
+            "## Checks",
+            "",
+            *[f"- [{'x' if ok else ' '}] {name}" for name, ok in mg.checks(results)],
+            "",
+            "## Intra rounds (main, target-val mIoU %; gap closed: of source-only -> oracle)",
+            "",
+            rounds_table(results),
+            "",
+            "## Ablation, AdvEnt as the framework (target-val mIoU %)",
+            "",
+            ablation_table(results, "advent"),
+            "",
+            *orderings(results, "advent"),
+            "",
+            "## Label-free snapshot selection: each stage's pick (target-val mIoU)",
+            "",
+            selection_tables(results)[0],
+            "",
+        ]
+    if "adaptsegnet" in done:
+        parts += [
+            "## Ablation, AdaptSegNet as the framework (target-val mIoU %)",
+            "",
+            ablation_table(results, "adaptsegnet"),
+            "",
+            *orderings(results, "adaptsegnet"),
+            "",
+            f"## Noise of one seed's gains (paired bootstrap, {draws} draws: gain ± std)",
+            "",
+            noise_table(results),
+            "",
+        ]
+    if "selection" in done:
+        parts += [
+            "## Label-free snapshot selection: the pipeline's intra mIoU when the inter pick ranks",
+            "",
+            selection_tables(results)[1],
+            "",
+        ]
+    if trained:
+        parts += ["## Two kinds of spread (mean ± std)", "", spread_table(results, trained), ""]
+    return "\n".join(parts)
 
 
 def main() -> None:
@@ -432,72 +526,38 @@ def main() -> None:
     mg.THREAD_ENV.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     torch.set_num_threads(threads)
     start = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        results = dict(
-            zip(
-                args.seeds,
-                pool.map(lambda s: run_seed(base, s, args.workdir, args.bootstrap), args.seeds),
-                strict=True,
-            )
+    done: list[str] = []
+    trained: dict[int, dict] = {}
+
+    def write(final: bool) -> None:
+        results = {s: collect(args.workdir, s, args.bootstrap if final else 0) for s in args.seeds}
+        hours = (time.perf_counter() - start) / 3600
+        header = (
+            f"Machine: {describe()}; {hours:.1f} h wall, {cpu_hours(threads):.1f} CPU-hours "
+            f"(stage seconds x {threads} thread(s)) in this invocation, --jobs {args.jobs}."
         )
-        trained = dict(
+        text = report(results, trained, done, args.bootstrap, header)
+        (args.workdir / "report.md").write_text(text + "\n")
+        payload = {"seeds": results, "training_seeds_on_draw_0": trained}
+        (args.workdir / "results.json").write_text(json.dumps(payload, indent=1))
+        if final:
+            print(text)
+
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        for phase in PHASES:
+            list(pool.map(lambda s, p=phase: run_phase(p, base, s, args.workdir), args.seeds))
+            done.append(phase)
+            write(final=False)
+            print(f"phase {phase} done", flush=True)
+        trained.update(
             zip(
                 args.train_seeds,
                 pool.map(lambda s: run_training_seed(base, s, args.workdir), args.train_seeds),
                 strict=True,
             )
         )
-    hours = time.perf_counter() - start
-    picks, final = selection_tables(results)
-    report = [
-        f"Machine: {describe()}; {hours / 3600:.1f} h wall, {cpu_hours(threads):.1f} CPU-hours "
-        f"(stage seconds x {threads} thread(s)), --jobs {args.jobs}.",
-        "",
-        "## Seeds: default pipeline and controls (target-val mIoU %)",
-        "",
-        mg.seed_table(results, controls=True),
-        "",
-        "## Checks",
-        "",
-        *[f"- [{'x' if ok else ' '}] {name}" for name, ok in mg.checks(results)],
-        "",
-        "## Ablation, AdvEnt as the framework (target-val mIoU %)",
-        "",
-        ablation_table(results, "advent"),
-        "",
-        *orderings(results, "advent"),
-        "",
-        "## Ablation, AdaptSegNet as the framework (target-val mIoU %)",
-        "",
-        ablation_table(results, "adaptsegnet"),
-        "",
-        *orderings(results, "adaptsegnet"),
-        "",
-        "## Intra rounds (main, target-val mIoU %; gap closed: of source-only -> oracle)",
-        "",
-        rounds_table(results),
-        "",
-        "## Label-free snapshot selection: each stage's pick (target-val mIoU)",
-        "",
-        picks,
-        "",
-        "## Label-free snapshot selection: the pipeline's intra mIoU when the inter pick ranks",
-        "",
-        final,
-        "",
-        "## Two kinds of spread (mean ± std over six runs)",
-        "",
-        spread_table(results, trained),
-        "",
-        f"## Noise of one seed's gains (paired bootstrap, {args.bootstrap} draws: gain ± std)",
-        "",
-        noise_table(results),
-    ]
-    text = "\n".join(report)
-    print(text)
-    (args.workdir / "report.md").write_text(text + "\n")
-    payload = {"seeds": results, "training_seeds_on_draw_0": trained}
-    (args.workdir / "results.json").write_text(json.dumps(payload, indent=1))
+    done.append("training seeds")
+    write(final=True)
 
 
 if __name__ == "__main__":
