@@ -100,6 +100,15 @@ def set_key(dotted: str, value) -> Callable[[dict], None]:
     return apply
 
 
+def inter_weights(params: dict) -> None:
+    """The intra step's adversarial weights and discriminator rate set to the inter
+    step's (AdvEnt's own 1e-3 / 2e-4, 1e-4), as the released IntraDA code's intra step
+    has them; the default's intra values are 30x / 10x, tuned beside the pseudo-labels'
+    cross-entropy (docs/method-study.md)."""
+    for key in ("lambda_adv_main", "lambda_adv_aux", "lr_disc"):
+        params["intra"][key] = params["inter"][key]
+
+
 def adaptsegnet(params: dict) -> None:
     """AdaptSegNet as the framework of both steps, every other setting as the default's:
     output-space discriminators (softmax maps), the vanilla GAN objective."""
@@ -111,6 +120,11 @@ def adaptsegnet(params: dict) -> None:
 VARIANTS = {
     "intra_ce": ("main", changed(m=set_key("intra.method", "source_only")), FROM_INTRA),
     "adv_only": ("main", changed(w=set_key("intra.lambda_seg", 0.0)), FROM_INTRA),
+    "adv_only_inter_weights": (
+        "main",
+        changed(w=set_key("intra.lambda_seg", 0.0), a=inter_weights),
+        FROM_INTRA,
+    ),
     "self_training": ("main", changed(lam=set_key("lambda", 1.0)), FROM_RANKING),
     "normalised": (
         "main",
@@ -120,6 +134,11 @@ VARIANTS = {
     "asn": ("main", changed(asn=adaptsegnet), FROM_INTER),
     "asn_intra_ce": ("asn", changed(m=set_key("intra.method", "source_only")), FROM_INTRA),
     "asn_adv_only": ("asn", changed(w=set_key("intra.lambda_seg", 0.0)), FROM_INTRA),
+    "asn_adv_only_inter_weights": (
+        "asn",
+        changed(w=set_key("intra.lambda_seg", 0.0), a=inter_weights),
+        FROM_INTRA,
+    ),
     "asn_self_training": ("asn", changed(lam=set_key("lambda", 1.0)), FROM_RANKING),
     "asn_normalised": (
         "asn",
@@ -136,6 +155,11 @@ ABLATION = {
         ("Ours (IntraDA)", "main", "intra"),
         ("Ours + entropy normalisation", "normalised", "intra"),
         ("control: intra with cross-entropy alone", "intra_ce", "intra"),
+        (
+            "control: adversarial term alone at the inter step's weights",
+            "adv_only_inter_weights",
+            "intra",
+        ),
     ],
     "adaptsegnet": [
         ("AdaptSegNet", "asn", "inter"),
@@ -144,6 +168,11 @@ ABLATION = {
         ("Ours (IntraDA on AdaptSegNet)", "asn", "intra"),
         ("Ours + entropy normalisation", "asn_normalised", "intra"),
         ("control: intra with cross-entropy alone", "asn_intra_ce", "intra"),
+        (
+            "control: adversarial term alone at the inter step's weights",
+            "asn_adv_only_inter_weights",
+            "intra",
+        ),
     ],
 }
 # The paper's GTA5 -> Cityscapes ablation (IntraDA, Pan et al. 2020, released table.png).
@@ -235,7 +264,8 @@ def run_phase(phase: str, base: dict, seed: int, workdir: Path) -> None:
             mg.run_stages(root / "source_long", mg.VARIANT_STAGES["source_long"], log)
             mg.prepare_oracle(main, root / "oracle", long)
             mg.run_stages(root / "oracle", mg.VARIANT_STAGES["oracle"], log)
-            run_variants(root, runs, ["intra_ce", "adv_only", "self_training", "normalised"], log)
+            controls = ["intra_ce", "adv_only", "adv_only_inter_weights", "self_training"]
+            run_variants(root, runs, [*controls, "normalised"], log)
         elif phase == "adaptsegnet":
             run_variants(root, runs, [n for n in VARIANTS if n.startswith("asn")], log)
         else:
