@@ -248,7 +248,11 @@ def run_variants(root: Path, runs: dict[str, dict], names: list[str], log) -> No
 PHASES = ("core", "adaptsegnet", "selection")
 
 
-def run_phase(phase: str, base: dict, seed: int, workdir: Path) -> None:
+def run_phase(
+    phase: str, base: dict, seed: int, workdir: Path, skip: frozenset[str] = frozenset()
+) -> None:
+    """One phase of one seed; runs named in `skip` are left out (a study cut to fit its
+    time: their cells read "–")."""
     root = workdir / f"seed_{seed}"
     runs = seed_params(base, seed)
     main = root / "main"
@@ -265,9 +269,11 @@ def run_phase(phase: str, base: dict, seed: int, workdir: Path) -> None:
             mg.prepare_oracle(main, root / "oracle", long)
             mg.run_stages(root / "oracle", mg.VARIANT_STAGES["oracle"], log)
             controls = ["intra_ce", "adv_only", "adv_only_inter_weights", "self_training"]
-            run_variants(root, runs, [*controls, "normalised"], log)
+            names = [*controls, "normalised"]
+            run_variants(root, runs, [n for n in names if n not in skip], log)
         elif phase == "adaptsegnet":
-            run_variants(root, runs, [n for n in VARIANTS if n.startswith("asn")], log)
+            names = [n for n in VARIANTS if n.startswith("asn") and n not in skip]
+            run_variants(root, runs, names, log)
         else:
             # Label-free selection: the pipeline again where a criterion's inter pick is not
             # the last snapshot (where it is, the run would be `main` itself).
@@ -292,22 +298,24 @@ def collect(workdir: Path, seed: int, draws: int) -> dict:
         results["oracle"] = {"mIoU": mg.model_miou(root / "oracle", "source_only")}
     if "main" in results:
         results["validation"] = {s: validation_of(root, "main", s) for s in STAGES}
-    if draws and all(a in results and b in results for _, a, _, b, _ in GAINS):
-        results["noise"] = noise(root, draws)
+    if draws and "main" in results:
+        results["noise"] = noise(root, draws, results)
     return results
 
 
-def noise(root: Path, draws: int) -> dict[str, float]:
-    """Paired-bootstrap standard deviation of each gain in GAINS."""
+def noise(root: Path, draws: int, results: dict) -> dict[str, float]:
+    """Paired-bootstrap standard deviation of each gain in GAINS whose runs have run."""
+    gains = [g for g in GAINS if miou(results, g[1], g[2]) is not None]
+    gains = [g for g in gains if miou(results, g[3], g[4]) is not None]
     cms: dict[tuple[str, str], np.ndarray] = {}
-    for _, *pairs in GAINS:
+    for _, *pairs in gains:
         for run, model in (pairs[:2], pairs[2:]):
             if (run, model) not in cms:
                 path = model_path(root, run, model)
                 cms[(run, model)] = mg.val_confusions(root / run, {model: path})[model]
     return {
         name: mg.paired_bootstrap(cms[(ra, ma)], cms[(rb, mb)], draws)
-        for name, ra, ma, rb, mb in GAINS
+        for name, ra, ma, rb, mb in gains
     }
 
 
@@ -360,10 +368,11 @@ def orderings(results: dict[int, dict], framework: str) -> list[str]:
     rows = ABLATION[framework][:5]
     lines = []
     for (la, ra, ma), (lb, rb, mb) in zip(rows, rows[1:], strict=False):
-        a = [miou(r, ra, ma) for r in results.values()]
-        b = [miou(r, rb, mb) for r in results.values()]
-        if None in a or None in b:
+        pairs = [(miou(r, ra, ma), miou(r, rb, mb)) for r in results.values()]
+        pairs = [(x, y) for x, y in pairs if x is not None and y is not None]
+        if not pairs:
             continue
+        a, b = [x for x, _ in pairs], [y for _, y in pairs]
         held = sum(x < y for x, y in zip(a, b, strict=True))
         mean_gain = statistics.mean(b) - statistics.mean(a)
         verdict = "holds on the mean" if mean_gain > 0 else "does not hold"
@@ -467,7 +476,7 @@ def noise_table(results: dict[int, dict]) -> str:
     for name, ra, ma, rb, mb in GAINS:
         cells = []
         for r in results.values():
-            if "noise" not in r:
+            if name not in r.get("noise", {}):
                 cells.append("–")
                 continue
             gain = miou(r, rb, mb) - miou(r, ra, ma)
@@ -543,7 +552,24 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=REPO / "runs/method_study")
     parser.add_argument("--bootstrap", type=int, default=1000, help="paired-bootstrap draws")
     parser.add_argument("--jobs", type=int, default=2, help="runs at once (cores / jobs threads)")
+    parser.add_argument(
+        "--phase-seeds",
+        nargs="*",
+        default=[],
+        metavar="PHASE=S,S",
+        help="run a phase on these seeds only (e.g. adaptsegnet=0,1; empty: skip the phase)",
+    )
+    parser.add_argument(
+        "--skip", nargs="*", default=[], metavar="RUN", help="variant runs to leave out"
+    )
     args = parser.parse_args()
+    phase_seeds = {phase: list(args.seeds) for phase in PHASES}
+    for item in args.phase_seeds:
+        phase, _, seeds = item.partition("=")
+        if phase not in PHASES:
+            parser.error(f"--phase-seeds: unknown phase {phase!r} (expected one of {PHASES})")
+        phase_seeds[phase] = [int(s) for s in seeds.split(",") if s]
+    skip = frozenset(args.skip)
     if args.train_seeds and 0 not in args.seeds:
         parser.error("--train-seeds needs seed 0 (its benchmark draw is shared)")
     base = yaml.safe_load(args.params.read_text())
@@ -558,6 +584,7 @@ def main() -> None:
     start = time.perf_counter()
     done: list[str] = []
     trained: dict[int, dict] = {}
+    ran: dict[str, list[int]] = {}
 
     def write(final: bool) -> None:
         results = {s: collect(args.workdir, s, args.bootstrap if final else 0) for s in args.seeds}
@@ -565,6 +592,8 @@ def main() -> None:
         header = (
             f"Machine: {describe()}; {hours:.1f} h wall, {cpu_hours(threads):.1f} CPU-hours "
             f"(stage seconds x {threads} thread(s)) in this invocation, --jobs {args.jobs}."
+            + "".join(f" Phase {p}: seeds {', '.join(map(str, v))}." for p, v in ran.items())
+            + (f" Runs left out: {', '.join(sorted(skip))}." if skip else "")
         )
         text = report(results, trained, done, args.bootstrap, header)
         (args.workdir / "report.md").write_text(text + "\n")
@@ -575,8 +604,12 @@ def main() -> None:
 
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         for phase in PHASES:
-            list(pool.map(lambda s, p=phase: run_phase(p, base, s, args.workdir), args.seeds))
+            seeds = phase_seeds[phase]
+            if not seeds:
+                continue
+            list(pool.map(lambda s, p=phase: run_phase(p, base, s, args.workdir, skip), seeds))
             done.append(phase)
+            ran[phase] = seeds
             write(final=False)
             print(f"phase {phase} done", flush=True)
         trained.update(
