@@ -381,6 +381,10 @@ def ran(tmp_path_factory) -> dict[str, subprocess.CompletedProcess]:
         subprocess.run(command, cwd=copy, check=True, capture_output=True)
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     env.pop("PYTHONPATH", None)
+    # Run as a user types them: under `make test` the suite inherits make's recursion
+    # variables, and a nested make would print "Entering directory" lines.
+    for name in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES"):
+        env.pop(name, None)
     results = {}
     for text, expect in RUN.items():
         command = text
