@@ -21,8 +21,10 @@ from torchvision rather than being written out by hand.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import difflib
+import importlib.util
 import re
 import sys
 from dataclasses import dataclass
@@ -95,15 +97,43 @@ WIDE_COLUMNS = ("synthia", "target")
 
 
 @cache
+def torchvision_cityscapes_classes() -> tuple[tuple[str, int, int, tuple[int, int, int]], ...]:
+    """(name, label id, train id, colour) of every row of torchvision's Cityscapes table
+    (`torchvision.datasets.Cityscapes.classes`), in its order.
+
+    Read from the module's source as literals, not imported: importing torchvision pulls in
+    torch._dynamo, seconds at the start of every stage for a table of 35 rows. Where the
+    file no longer spells the rows as literal `CityscapesClass(...)` calls, the import."""
+    spec = importlib.util.find_spec("torchvision")  # finds the package, runs none of it
+    rows = []
+    if spec is not None and spec.origin is not None:
+        source = Path(spec.origin).parent / "datasets" / "cityscapes.py"
+        try:
+            for node in ast.walk(ast.parse(source.read_text())):
+                if isinstance(node, ast.Call) and getattr(node.func, "id", None) == (
+                    "CityscapesClass"
+                ):
+                    if len(node.args) != 8 or node.keywords:
+                        raise ValueError("not the 8 positional fields")
+                    name, label_id, train_id, *_, color = map(ast.literal_eval, node.args)
+                    rows.append((name, label_id, train_id, tuple(color)))
+        except (OSError, SyntaxError, ValueError):
+            rows = []
+    if not rows:
+        from torchvision.datasets import Cityscapes  # heavy import: only as a fallback
+
+        rows = [(c.name, c.id, c.train_id, tuple(c.color)) for c in Cityscapes.classes]
+    return tuple(rows)
+
+
+@cache
 def cityscapes_label_ids() -> tuple[tuple[int, int, str], ...]:
     """(label id, train id, name) of every Cityscapes class with a non-negative id, from
     torchvision's table; classes that are not evaluated have train id 255."""
-    from torchvision.datasets import Cityscapes  # heavy import: only where needed
-
     return tuple(
-        (c.id, c.train_id if 0 <= c.train_id < IGNORE_INDEX else IGNORE_INDEX, c.name)
-        for c in Cityscapes.classes
-        if c.id >= 0
+        (label_id, train_id if 0 <= train_id < IGNORE_INDEX else IGNORE_INDEX, name)
+        for name, label_id, train_id, _ in torchvision_cityscapes_classes()
+        if label_id >= 0
     )
 
 
@@ -149,12 +179,10 @@ def train_id_to_label_id() -> np.ndarray:
 @cache
 def cityscapes_train_classes() -> tuple[tuple[int, str, tuple[int, int, int]], ...]:
     """(train id, name, colour) for the 19 evaluated Cityscapes classes, by train id."""
-    from torchvision.datasets import Cityscapes  # heavy import: only where needed
-
     rows = {
-        c.train_id: (c.train_id, c.name, tuple(c.color))
-        for c in Cityscapes.classes
-        if 0 <= c.train_id < IGNORE_INDEX
+        train_id: (train_id, name, color)
+        for name, _, train_id, color in torchvision_cityscapes_classes()
+        if 0 <= train_id < IGNORE_INDEX
     }
     return tuple(rows[i] for i in sorted(rows))
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,12 +18,14 @@ from intrada.classes import (
     dataset_classes,
     evaluation_subsets,
     label_lut,
+    torchvision_cityscapes_classes,
 )
 from intrada.data import SegmentationSet
 from intrada.errors import IntradaError
 from intrada.evaluation import iou_report
 from intrada.io import read_label
 from intrada.layouts import check_pairs, index_cityscapes, index_gta5, index_source, index_synthia
+from tests.conftest import REPO
 from tests.real_layouts import (
     CITYSCAPES_IDS,
     SYNTHIA_IDS,
@@ -57,6 +61,25 @@ def test_cityscapes_id_table_comes_from_torchvision():
     assert [lut[i] for i in (7, 8, 11, 24, 26, 33)] == [0, 1, 2, 11, 13, 18]
     assert [lut[i] for i in (0, 1, 6, 9, 29, 30)] == [255] * 6
     assert sorted(set(lut.tolist()) - {255}) == list(range(19))
+
+
+def test_the_cityscapes_table_is_torchvisions_read_without_importing_it():
+    from torchvision.datasets import Cityscapes
+
+    assert torchvision_cityscapes_classes() == tuple(
+        (c.name, c.id, c.train_id, tuple(c.color)) for c in Cityscapes.classes
+    )
+    # A stage that needs the table but no DeepLab-v2 starts without torchvision, whose
+    # import pulls in torch._dynamo: seconds at the start of every stage.
+    code = (
+        "import sys, stages.evaluate; from intrada.classes import dataset_classes, label_lut; "
+        f"dataset_classes('gta5'), label_lut({CITYSCAPES_ID!r}); "
+        "print(sorted(m for m in ('torchvision', 'torch._dynamo') if m in sys.modules))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO
+    )
+    assert result.stdout.strip() == "[]"
 
 
 def test_synthia_first_channel_of_16_bit_labels_maps_to_16_classes(tmp_path):

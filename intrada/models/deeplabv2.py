@@ -42,7 +42,6 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torchvision.models import resnet101
 
 from intrada.errors import IntradaError, load_failure
 from intrada.models.groups import backbone_listing
@@ -94,6 +93,10 @@ class DeepLabV2(nn.Module):
         self.weights_format = weights_format
         self.align_corners = align_corners
         self.num_classes = num_classes
+        # Imported here: torchvision's import pulls in torch._dynamo (seconds), which every
+        # stage would pay at start-up although only DeepLab-v2 needs its ResNet.
+        from torchvision.models import resnet101
+
         backbone = resnet101(weights=None, replace_stride_with_dilation=[False, True, True])
         # Only the convolutional trunk is used.
         del backbone.avgpool, backbone.fc
