@@ -58,17 +58,22 @@ def train_inter(directory: Path, params: dict, batch_size: int, nproc: int, torc
     return model.state_dict(), meta
 
 
-def test_one_process_under_torchrun_equals_a_plain_run(project):
+@pytest.fixture(scope="module")
+def plain(project) -> dict[str, torch.Tensor]:
+    """The inter model's weights from a plain run: one process, batch 2."""
     directory, params = project
-    plain, _ = train_inter(directory, params, batch_size=2, nproc=1)
+    return train_inter(directory, params, batch_size=2, nproc=1)[0]
+
+
+def test_one_process_under_torchrun_equals_a_plain_run(project, plain):
+    directory, params = project
     under_torchrun, meta = train_inter(directory, params, batch_size=2, nproc=1, torchrun=1)
     assert meta["compute"]["processes"] == 1
     assert all(torch.equal(plain[k], under_torchrun[k]) for k in plain)
 
 
-def test_two_gloo_processes_train_as_one_process_with_both_batches(project):
+def test_two_gloo_processes_train_as_one_process_with_both_batches(project, plain):
     directory, params = project
-    plain, _ = train_inter(directory, params, batch_size=2, nproc=1)
     # compute.nproc = 2: the stage relaunches itself under torchrun; 1 image per process.
     ddp, meta = train_inter(directory, params, batch_size=1, nproc=2)
     assert meta["compute"] == {

@@ -210,17 +210,38 @@ def test_invalid_lambda_stops_the_pipeline_before_any_output_is_removed(repo):
     run(["git", "checkout", "params.yaml"], repo)
 
 
+def experiment_refs(repo: Path) -> int:
+    """Experiments with results: refs/exps/<2 hex>/<baseline>/<name> (the queue's own refs,
+    refs/exps/celery/..., have one part less)."""
+    refs = run(["git", "for-each-ref", "--format=%(refname)", "refs/exps"], repo).stdout
+    return sum(len(ref.split("/")) == 5 for ref in refs.split())
+
+
+def wait_for_queue(repo: Path, finished: int, timeout: float = 600) -> str:
+    """`dvc queue status` once no task is queued or running. Until `finished` experiments
+    have results, a git call each second says whether to ask: each `dvc queue status` is
+    a DVC start-up taken from the experiment running beside it, so it is asked only every
+    30 s in between (to see a failed task)."""
+    deadline = time.monotonic() + timeout
+    asked = time.monotonic()
+    while time.monotonic() < deadline:
+        if experiment_refs(repo) >= finished or time.monotonic() - asked > 30:
+            status = run(["dvc", "queue", "status"], repo).stdout
+            if not re.search(r"\b(Queued|Running)\b", status):
+                return status
+            asked = time.monotonic()
+        time.sleep(1)
+    return run(["dvc", "queue", "status"], repo).stdout
+
+
 def test_a_queued_lambda_sweep_runs_and_is_compared_in_exp_show(repo):
     run(["git", "checkout", "params.yaml"], repo)
+    before = experiment_refs(repo)
     for lam in ("0.33", "0.8"):
         run(["dvc", "exp", "run", "--queue", "-S", f"lambda={lam}"], repo)
     run(["dvc", "queue", "start", "-j", "1"], repo)
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline:
-        status = run(["dvc", "queue", "status"], repo).stdout
-        if not re.search(r"\b(Queued|Running)\b", status):
-            break
-        time.sleep(3)
+    status = wait_for_queue(repo, before + 2)
+    assert not re.search(r"\b(Queued|Running)\b", status), status
     assert "Failed" not in status, status
     rows = list(csv.DictReader(io.StringIO(run(["dvc", "exp", "show", "--csv"], repo).stdout)))
     swept = {row["lambda"]: row for row in rows if row["lambda"] in ("0.33", "0.8")}

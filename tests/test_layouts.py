@@ -293,7 +293,7 @@ def profile_project(tmp_path: Path, profile: str = "gta5_cityscapes") -> tuple[P
     resize, 4 processes reading), pointed at small fixture trees in the real layouts."""
     import yaml
 
-    from tests.conftest import REPO, write_params
+    from tests.conftest import write_params
 
     params = yaml.safe_load((REPO / "profiles" / f"{profile}.yaml").read_text())
     trees = tmp_path / "trees"

@@ -63,10 +63,17 @@ def copy_project(project: Path, target: Path) -> Path:
     return target
 
 
-def test_a_run_killed_after_a_checkpoint_resumes_to_the_same_model(project, tmp_path):
-    uninterrupted = copy_project(project, tmp_path / "uninterrupted")
-    run_inter(uninterrupted)
+@pytest.fixture(scope="module")
+def finished(project, tmp_path_factory):
+    """A copy of the project after one uninterrupted inter run (read only: copy it to run
+    in it)."""
+    directory = copy_project(project, tmp_path_factory.mktemp("finished") / "project")
+    run_inter(directory)
+    return directory
 
+
+def test_a_run_killed_after_a_checkpoint_resumes_to_the_same_model(project, finished, tmp_path):
+    uninterrupted = finished
     killed = copy_project(project, tmp_path / "killed")
     command, env = inter_command(killed)
     process = subprocess.Popen(
@@ -114,9 +121,8 @@ def test_a_checkpoint_made_with_other_params_is_never_resumed(project, tmp_path)
     assert first_logged.splitlines()[1].startswith("5\t")  # trained from iteration 0
 
 
-def test_a_finished_run_is_rerun_from_scratch_not_resumed(project, tmp_path):
-    directory = copy_project(project, tmp_path / "again")
-    run_inter(directory)
+def test_a_finished_run_is_rerun_from_scratch_not_resumed(finished, tmp_path):
+    directory = copy_project(finished, tmp_path / "again")  # one finished run
     first = (directory / "models/inter/model.pt").read_bytes()
     result = run_inter(directory)  # what `dvc repro -f` does
     assert "resuming" not in result.stderr
