@@ -8,7 +8,7 @@ INSTALLED := $(VENV)/.installed
 # Stage commands call `python`: put the project's environment first on PATH.
 RUN := PATH="$(CURDIR)/$(BIN):$$PATH"
 
-.PHONY: help install repro test test-faults lint method-gain method-study bench gpu-check smoke report plots evaluate-model
+.PHONY: help install repro test test-faults test-long lint method-gain method-study bench gpu-check smoke report plots evaluate-model
 
 install: $(INSTALLED) ## create .venv and install the pinned requirements (once)
 
@@ -27,13 +27,19 @@ ifdef PROFILE
 endif
 	$(RUN) dvc repro
 
-test: $(INSTALLED) ## run the test suite (all but the fault-injection matrix)
-	$(RUN) python -m pytest -q -m "not faults"
+test: $(INSTALLED) ## run the test suite (all but the fault-injection matrix and the end-to-end runs)
+	$(RUN) python -m pytest -q -m "not faults and not long"
 
 # Kills and failed writes injected into every writing stage of a real `dvc repro`
-# (docs/reliability.md): minutes, so apart from `make test`; CI runs both.
+# (docs/reliability.md): minutes, so apart from `make test`; CI runs it too.
 test-faults: $(INSTALLED) ## the fault-injection matrix through dvc repro (several minutes)
 	$(RUN) python -m pytest -q -m faults
+
+# Runs of minutes each, apart from `make test` for its time; CI runs all three targets:
+# the tiny smoke run (DeepLab-v2 through dvc repro, then a released inter model), the
+# method-gain and speed benchmarks' own runs, and a lambda sweep through DVC's queue.
+test-long: $(INSTALLED) ## the end-to-end runs: smoke and benchmark scripts, a queued sweep (minutes)
+	$(RUN) python -m pytest -q -m long
 
 # One self-contained HTML file of the metrics and every plot of `dvc plots show`,
 # rendered offline (docs/plots.md).

@@ -18,6 +18,7 @@ from tests.conftest import REPO, tiny_params, write_params
 pytestmark = pytest.mark.slow
 
 
+@pytest.mark.long  # the tiny pipeline five times over, stage by stage: make test-long
 def test_method_gain_prints_the_seed_and_lambda_tables(tmp_path):
     params = write_params(tmp_path, tiny_params())
     workdir = tmp_path / "runs"
@@ -79,6 +80,7 @@ def test_method_gain_prints_the_seed_and_lambda_tables(tmp_path):
     assert results["main"]["source_only"] == results["lambda_1.0"]["source_only"]
 
 
+@pytest.mark.long  # (d) reproduces a tiny project, (e) scores and hashes twice: make test-long
 def test_speed_benchmark_prints_the_five_measurements():
     result = subprocess.run(
         [

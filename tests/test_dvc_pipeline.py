@@ -234,6 +234,9 @@ def wait_for_queue(repo: Path, finished: int, timeout: float = 600) -> str:
     return run(["dvc", "queue", "status"], repo).stdout
 
 
+# Each queued experiment runs in a copy without the git-ignored checkpoints/, so the
+# whole pipeline runs twice: minutes, so in `make test-long`.
+@pytest.mark.long
 def test_a_queued_lambda_sweep_runs_and_is_compared_in_exp_show(repo):
     run(["git", "checkout", "params.yaml"], repo)
     before = experiment_refs(repo)

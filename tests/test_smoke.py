@@ -23,7 +23,9 @@ from tests.pipeline import dvc_stages
 from tests.test_deeplabv2 import released_layout
 from tests.test_dvc_pipeline import ran_stages, run
 
-pytestmark = pytest.mark.slow
+# DeepLab-v2 (ResNet-101) through every stage of dvc repro, then most of them again:
+# minutes, so in `make test-long`.
+pytestmark = [pytest.mark.slow, pytest.mark.long]
 
 
 @pytest.fixture(scope="module")
