@@ -15,16 +15,14 @@ Cityscapes' train ids, for a user's table the class's position in it. Raw datase
 other encodings (`LABEL_ENCODINGS`): GTA5, Synscapes and Cityscapes store Cityscapes
 label ids, SYNTHIA its own class ids, and `table:<label set>` means "the values the class
 table lists for that label set". `ClassSet.label_values` maps each to train ids, and a
-network's channels map to train ids through the `ClassSet`. The Cityscapes table comes
-from torchvision rather than being written out by hand.
+network's channels map to train ids through the `ClassSet`. The Cityscapes table is
+Cityscapes' own (`CITYSCAPES_LABELS`), checked against torchvision's by the tests.
 """
 
 from __future__ import annotations
 
-import ast
 import dataclasses
 import difflib
-import importlib.util
 import re
 import sys
 from dataclasses import dataclass
@@ -96,34 +94,48 @@ TABLE_COLUMNS = (*DATASETS, "cityscapes", "target")
 WIDE_COLUMNS = ("synthia", "target")
 
 
-@cache
-def torchvision_cityscapes_classes() -> tuple[tuple[str, int, int, tuple[int, int, int]], ...]:
-    """(name, label id, train id, colour) of every row of torchvision's Cityscapes table
-    (`torchvision.datasets.Cityscapes.classes`), in its order.
-
-    Read from the module's source as literals, not imported: importing torchvision pulls in
-    torch._dynamo, seconds at the start of every stage for a table of 35 rows. Where the
-    file no longer spells the rows as literal `CityscapesClass(...)` calls, the import."""
-    spec = importlib.util.find_spec("torchvision")  # finds the package, runs none of it
-    rows = []
-    if spec is not None and spec.origin is not None:
-        source = Path(spec.origin).parent / "datasets" / "cityscapes.py"
-        try:
-            for node in ast.walk(ast.parse(source.read_text())):
-                if isinstance(node, ast.Call) and getattr(node.func, "id", None) == (
-                    "CityscapesClass"
-                ):
-                    if len(node.args) != 8 or node.keywords:
-                        raise ValueError("not the 8 positional fields")
-                    name, label_id, train_id, *_, color = map(ast.literal_eval, node.args)
-                    rows.append((name, label_id, train_id, tuple(color)))
-        except (OSError, SyntaxError, ValueError):
-            rows = []
-    if not rows:
-        from torchvision.datasets import Cityscapes  # heavy import: only as a fallback
-
-        rows = [(c.name, c.id, c.train_id, tuple(c.color)) for c in Cityscapes.classes]
-    return tuple(rows)
+# Cityscapes' label table (name, label id, train id, colour), row for row as the
+# Cityscapes scripts' `labels.py` and `torchvision.datasets.Cityscapes.classes` give it
+# (tests/test_layouts.py checks it against torchvision's). Written out rather than
+# imported: torchvision's import pulls in torch._dynamo, about 1.7 s of CPU at the start
+# of every stage for a table of 35 rows.
+CITYSCAPES_LABELS: tuple[tuple[str, int, int, tuple[int, int, int]], ...] = (
+    ("unlabeled", 0, 255, (0, 0, 0)),
+    ("ego vehicle", 1, 255, (0, 0, 0)),
+    ("rectification border", 2, 255, (0, 0, 0)),
+    ("out of roi", 3, 255, (0, 0, 0)),
+    ("static", 4, 255, (0, 0, 0)),
+    ("dynamic", 5, 255, (111, 74, 0)),
+    ("ground", 6, 255, (81, 0, 81)),
+    ("road", 7, 0, (128, 64, 128)),
+    ("sidewalk", 8, 1, (244, 35, 232)),
+    ("parking", 9, 255, (250, 170, 160)),
+    ("rail track", 10, 255, (230, 150, 140)),
+    ("building", 11, 2, (70, 70, 70)),
+    ("wall", 12, 3, (102, 102, 156)),
+    ("fence", 13, 4, (190, 153, 153)),
+    ("guard rail", 14, 255, (180, 165, 180)),
+    ("bridge", 15, 255, (150, 100, 100)),
+    ("tunnel", 16, 255, (150, 120, 90)),
+    ("pole", 17, 5, (153, 153, 153)),
+    ("polegroup", 18, 255, (153, 153, 153)),
+    ("traffic light", 19, 6, (250, 170, 30)),
+    ("traffic sign", 20, 7, (220, 220, 0)),
+    ("vegetation", 21, 8, (107, 142, 35)),
+    ("terrain", 22, 9, (152, 251, 152)),
+    ("sky", 23, 10, (70, 130, 180)),
+    ("person", 24, 11, (220, 20, 60)),
+    ("rider", 25, 12, (255, 0, 0)),
+    ("car", 26, 13, (0, 0, 142)),
+    ("truck", 27, 14, (0, 0, 70)),
+    ("bus", 28, 15, (0, 60, 100)),
+    ("caravan", 29, 255, (0, 0, 90)),
+    ("trailer", 30, 255, (0, 0, 110)),
+    ("train", 31, 16, (0, 80, 100)),
+    ("motorcycle", 32, 17, (0, 0, 230)),
+    ("bicycle", 33, 18, (119, 11, 32)),
+    ("license plate", -1, -1, (0, 0, 142)),
+)
 
 
 @cache
@@ -132,7 +144,7 @@ def cityscapes_label_ids() -> tuple[tuple[int, int, str], ...]:
     torchvision's table; classes that are not evaluated have train id 255."""
     return tuple(
         (label_id, train_id if 0 <= train_id < IGNORE_INDEX else IGNORE_INDEX, name)
-        for name, label_id, train_id, _ in torchvision_cityscapes_classes()
+        for name, label_id, train_id, _ in CITYSCAPES_LABELS
         if label_id >= 0
     )
 
@@ -181,7 +193,7 @@ def cityscapes_train_classes() -> tuple[tuple[int, str, tuple[int, int, int]], .
     """(train id, name, colour) for the 19 evaluated Cityscapes classes, by train id."""
     rows = {
         train_id: (train_id, name, color)
-        for name, _, train_id, color in torchvision_cityscapes_classes()
+        for name, _, train_id, color in CITYSCAPES_LABELS
         if 0 <= train_id < IGNORE_INDEX
     }
     return tuple(rows[i] for i in sorted(rows))

@@ -14,11 +14,11 @@ from PIL import Image
 
 from intrada.classes import (
     CITYSCAPES_ID,
+    CITYSCAPES_LABELS,
     SYNTHIA_ID,
     dataset_classes,
     evaluation_subsets,
     label_lut,
-    torchvision_cityscapes_classes,
 )
 from intrada.data import SegmentationSet
 from intrada.errors import IntradaError
@@ -63,11 +63,12 @@ def test_cityscapes_id_table_comes_from_torchvision():
     assert sorted(set(lut.tolist()) - {255}) == list(range(19))
 
 
-def test_the_cityscapes_table_is_torchvisions_read_without_importing_it():
+def test_the_cityscapes_table_is_torchvisions_and_stages_start_without_it():
     from torchvision.datasets import Cityscapes
 
-    assert torchvision_cityscapes_classes() == tuple(
-        (c.name, c.id, c.train_id, tuple(c.color)) for c in Cityscapes.classes
+    assert (
+        tuple((c.name, c.id, c.train_id, tuple(c.color)) for c in Cityscapes.classes)
+        == CITYSCAPES_LABELS
     )
     # A stage that needs the table but no DeepLab-v2 starts without torchvision, whose
     # import pulls in torch._dynamo: seconds at the start of every stage.
