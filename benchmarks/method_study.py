@@ -32,6 +32,7 @@ completed with the same params are skipped).
 
     python -m benchmarks.method_study [--seeds 0 1 2 3 4 5] [--train-seeds 1 2 3 4 5]
         [--workdir runs/method_study] [--bootstrap 1000] [--jobs 2]
+        [--phase-seeds adaptsegnet=0,1 selection=] [--skip RUN ...] [--report-only]
 
 Writes `report.md` (every table) and `results.json` under --workdir; prints the report.
 """
@@ -355,7 +356,7 @@ def ablation_table(results: dict[int, dict], framework: str) -> str:
         [
             "row",
             "paper (GTA5 → Cityscapes)",
-            "seeds 0–5, mean ± std",
+            "mean ± std",
             *[f"seed {s}" for s in seeds],
         ],
         rows,
@@ -431,7 +432,7 @@ def selection_tables(results: dict[int, dict]) -> tuple[str, str]:
             )  # fmt: skip
     picks = table(
         ["stage", "snapshot", "minus best on val (mIoU)", "minus last (mIoU)",
-         "iteration picked, seeds 0–5"],
+         "iteration picked, per seed"],
         rows,
     )  # fmt: skip
     final = []
@@ -514,6 +515,10 @@ def report(
             "",
             *orderings(results, "advent"),
             "",
+            f"## Noise of one seed's gains (paired bootstrap, {draws} draws: gain ± std)",
+            "",
+            noise_table(results),
+            "",
             "## Label-free snapshot selection: each stage's pick (target-val mIoU)",
             "",
             selection_tables(results)[0],
@@ -526,10 +531,6 @@ def report(
             ablation_table(results, "adaptsegnet"),
             "",
             *orderings(results, "adaptsegnet"),
-            "",
-            f"## Noise of one seed's gains (paired bootstrap, {draws} draws: gain ± std)",
-            "",
-            noise_table(results),
             "",
         ]
     if "selection" in done:
@@ -561,6 +562,11 @@ def main() -> None:
     )
     parser.add_argument(
         "--skip", nargs="*", default=[], metavar="RUN", help="variant runs to leave out"
+    )
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="run nothing: write the report from the run folders --workdir already holds",
     )
     args = parser.parse_args()
     phase_seeds = {phase: list(args.seeds) for phase in PHASES}
@@ -602,6 +608,19 @@ def main() -> None:
         if final:
             print(text)
 
+    if args.report_only:
+        # What a study stopped part-way (or run piecewise) has measured so far.
+        for phase, run in (("core", "main"), ("adaptsegnet", "asn")):
+            seeds = [s for s in args.seeds if (args.workdir / f"seed_{s}/{run}/metrics").is_dir()]
+            if seeds:
+                done.append(phase)
+                ran[phase] = seeds
+        for seed in args.train_seeds:
+            directory = args.workdir / "draw_0" / f"train_seed_{seed}"
+            if (directory / "metrics/eval.json").is_file():
+                trained[seed] = mg.metrics(directory)
+        write(final=True)
+        return
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         for phase in PHASES:
             seeds = phase_seeds[phase]
