@@ -110,6 +110,13 @@ def inter_weights(params: dict) -> None:
         params["intra"][key] = params["inter"][key]
 
 
+def released_sgd(params: dict) -> None:
+    """The intra step's network optimiser as the released code's: SGD, lr 2.5e-4,
+    momentum 0.9, weight decay 5e-4. With the adversarial term alone Adam (the default's
+    optimiser) rescales its small gradient to full-size steps; SGD keeps it small."""
+    params["intra"].update(optimizer="sgd", lr=2.5e-4, momentum=0.9, weight_decay=5.0e-4)
+
+
 def adaptsegnet(params: dict) -> None:
     """AdaptSegNet as the framework of both steps, every other setting as the default's:
     output-space discriminators (softmax maps), the vanilla GAN objective."""
@@ -124,6 +131,11 @@ VARIANTS = {
     "adv_only_inter_weights": (
         "main",
         changed(w=set_key("intra.lambda_seg", 0.0), a=inter_weights),
+        FROM_INTRA,
+    ),
+    "adv_only_released_sgd": (
+        "main",
+        changed(w=set_key("intra.lambda_seg", 0.0), a=inter_weights, o=released_sgd),
         FROM_INTRA,
     ),
     "self_training": ("main", changed(lam=set_key("lambda", 1.0)), FROM_RANKING),
@@ -159,6 +171,11 @@ ABLATION = {
         (
             "control: adversarial term alone at the inter step's weights",
             "adv_only_inter_weights",
+            "intra",
+        ),
+        (
+            "control: adversarial term alone, inter step's weights, released SGD",
+            "adv_only_released_sgd",
             "intra",
         ),
     ],
@@ -269,7 +286,8 @@ def run_phase(
             mg.run_stages(root / "source_long", mg.VARIANT_STAGES["source_long"], log)
             mg.prepare_oracle(main, root / "oracle", long)
             mg.run_stages(root / "oracle", mg.VARIANT_STAGES["oracle"], log)
-            controls = ["intra_ce", "adv_only", "adv_only_inter_weights", "self_training"]
+            controls = ["intra_ce", "adv_only", "adv_only_inter_weights", "adv_only_released_sgd"]
+            controls.append("self_training")
             names = [*controls, "normalised"]
             run_variants(root, runs, [n for n in names if n not in skip], log)
         elif phase == "adaptsegnet":
