@@ -20,42 +20,12 @@ import time
 
 import torch
 
-from intrada.config import TrainParams
 from intrada.models import DeepLabV2
 from intrada.training import AdaptationStep, set_batchnorm
+from tests.parity import released_settings
 
 NUM_CLASSES, HEIGHT, WIDTH = 2, 33, 65
 REPORTED = (1, 2, 3, 5, 10, 20, 50, 100, 200, 300, 500, 1000)
-
-
-def settings(method: str, iterations: int) -> TrainParams:
-    return TrainParams(
-        method=method,
-        gan="vanilla",
-        init="pretrained",
-        iterations=iterations,
-        schedule_iterations=250000,  # the released schedule's length
-        batch_size=1,
-        optimizer="sgd",
-        lr=2.5e-4,
-        momentum=0.9,
-        weight_decay=5e-4,
-        poly_power=0.9,
-        lambda_seg_aux=0.1,
-        lambda_seg=1.0,
-        adam="released",
-        batchnorm="released",
-        param_listing="released",
-        hflip=False,
-        log_every=1,
-        eval_every=0,
-        select="last",
-        probe_images=0,
-        lr_disc=1e-4,
-        lambda_adv_main=1e-3,
-        lambda_adv_aux=2e-4,
-        disc_channels=(64, 128, 256, 512),
-    )
 
 
 def rule_difference(optimizer: torch.optim.Optimizer) -> tuple[float, float]:
@@ -87,7 +57,8 @@ def main() -> None:
     parser.add_argument("--method", choices=("advent", "adaptsegnet"), default="adaptsegnet")
     parser.add_argument("--iterations", type=int, default=300)
     args = parser.parse_args()
-    cfg = settings(args.method, args.iterations)
+    # The parity tests' settings over the released schedule's length.
+    cfg = released_settings(args.method, args.iterations, schedule_iterations=250000)
     torch.manual_seed(0)
     model = DeepLabV2(
         NUM_CLASSES,

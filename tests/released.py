@@ -6,6 +6,8 @@ code, in our own words: nothing here imports or calls intrada, so a change to th
 project's networks (a layer, a dilation, a slope) shows up as a parity failure instead
 of being mirrored on both sides.
 
+- `released_input`, `released_outputs`: what the released loops feed the network, and
+  its two heads' scores upsampled to the input as they use them.
 - `DeepLabMulti`: DeepLab-v2 ResNet-101 as both releases define it. A stem (7x7 conv
   stride 2, BatchNorm, ReLU, 3x3 max-pool stride 2 rounding up), four stages of
   bottleneck blocks (3, 4, 23, 3 of them; 64, 128, 256, 512 planes, 4x expansion):
@@ -41,6 +43,17 @@ def released_input(images: torch.Tensor) -> torch.Tensor:
     [0, 255] minus the Caffe mean."""
     mean = torch.tensor(CAFFE_MEAN_BGR).view(1, 3, 1, 1)
     return images.flip(1) * 255.0 - mean
+
+
+def released_outputs(model: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Both heads' scores for RGB images in [0, 1], as the released loops take them: the
+    network fed `released_input`, each output upsampled to the images' size (bilinear,
+    align_corners=True)."""
+    size = images.shape[-2:]
+    return tuple(
+        F.interpolate(x, size=size, mode="bilinear", align_corners=True)
+        for x in model(released_input(images))
+    )
 
 
 def frozen_bn(channels: int) -> nn.BatchNorm2d:

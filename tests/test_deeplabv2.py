@@ -14,12 +14,13 @@ import torch
 import torchvision
 
 from intrada.classes import dataset_classes
-from intrada.config import NO_FILE, ModelParams, TrainParams
+from intrada.config import NO_FILE, ModelParams
 from intrada.errors import IntradaError
 from intrada.models.deeplabv2 import ASPP_RATES, DeepLabV2, load_pretrained
 from intrada.models.small import DilatedClassifier
 from intrada.runs import initial_model
 from intrada.training import AdaptationStep, set_batchnorm
+from tests.parity import released_settings
 
 NUM_CLASSES = 5
 # 64 x 96: conv1 gives 32 x 48, which the max-pool halves to 16 x 24 rounding down
@@ -315,27 +316,13 @@ def test_pretrained_init_loads_the_backbone_and_trains_with_10x_heads(
         model, {k: v for k, v in resnet101_state.items() if not k.startswith("fc.")}
     )
     # The paper's optimiser: SGD, classifiers at 10x, BatchNorm frozen (batch 1).
-    cfg = TrainParams(
-        method="source_only",
-        init="pretrained",
+    cfg = released_settings(
+        "source_only",
         iterations=4,
-        batch_size=1,
-        optimizer="sgd",
-        lr=2.5e-4,
-        momentum=0.9,
-        weight_decay=5e-4,
-        poly_power=0.9,
-        lambda_seg_aux=0.1,
-        lambda_seg=1.0,
+        schedule_iterations=8,
         adam="current",
         batchnorm="frozen",
         param_listing="unique",
-        hflip=False,
-        log_every=1,
-        eval_every=0,
-        select="last",
-        probe_images=0,
-        schedule_iterations=8,
     )
     set_batchnorm(model, "frozen")
     step = AdaptationStep(model, cfg, len(classes))
@@ -507,27 +494,7 @@ def test_adaptsegnets_classifier_sums_its_first_two_branches_and_freezes_the_res
     assert torch.equal(head(x), head.branches[0](x) + head.branches[1](x))
     assert [b.weight.requires_grad for b in head.branches] == [True, True, False, False]
     model = DeepLabV2(NUM_CLASSES, "deeplab", aspp_branches=2)
-    cfg = TrainParams(
-        method="source_only",
-        init="pretrained",
-        iterations=1,
-        batch_size=1,
-        optimizer="sgd",
-        lr=1.0,
-        momentum=0.9,
-        weight_decay=5e-4,
-        poly_power=0.9,
-        lambda_seg_aux=0.1,
-        lambda_seg=1.0,
-        adam="released",
-        batchnorm="released",
-        param_listing="released",
-        hflip=False,
-        log_every=1,
-        eval_every=0,
-        select="last",
-        probe_images=0,
-    )
+    cfg = released_settings("source_only", iterations=1, lr=1.0)
     set_batchnorm(model, "released")
     listed = {
         id(p)

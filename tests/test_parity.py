@@ -61,61 +61,19 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from intrada.config import TrainParams
-from intrada.models import DeepLabV2
-from intrada.training import AdaptationStep, set_batchnorm
+from tests import parity
+from tests.parity import NUM_CLASSES, TOLERANCE
 from tests.released import (
     Adam041,
     DeepLabMulti,
     Discriminator,
-    copy_weights,
-    deeplab_name,
-    discriminator_name,
     relative_differences,
-    released_input,
+    released_outputs,
     released_sgd_step,
 )
 
-NUM_CLASSES = 2
-HEIGHT, WIDTH = 33, 65  # odd sizes: align_corners changes every upsampled value
-TOLERANCE = 1e-5
-SWITCHES = TrainParams(
-    method="advent",
-    init="pretrained",
-    iterations=2,
-    schedule_iterations=10,  # so that the poly decay moves the second iteration's rates
-    batch_size=1,
-    optimizer="sgd",
-    lr=2.5e-4,
-    momentum=0.9,
-    weight_decay=5e-4,
-    poly_power=0.9,
-    lambda_seg_aux=0.1,
-    lambda_seg=1.0,
-    adam="released",
-    batchnorm="released",
-    param_listing="released",
-    hflip=False,
-    log_every=1,
-    eval_every=0,
-    select="last",
-    probe_images=0,
-    lr_disc=1e-4,
-    lambda_adv_main=1e-3,
-    lambda_adv_aux=2e-4,
-    disc_channels=(64, 128, 256, 512),
-)
-
-
-def batches():
-    g = torch.Generator().manual_seed(0)
-    out = []
-    for _ in range(SWITCHES.iterations):
-        label = torch.randint(0, NUM_CLASSES, (1, HEIGHT, WIDTH), generator=g)
-        label[:, :3] = 255  # ignored pixels
-        src = {"image": torch.rand(1, 3, HEIGHT, WIDTH, generator=g), "label": label}
-        out.append((src, {"image": torch.rand(1, 3, HEIGHT, WIDTH, generator=g)}))
-    return out
+# schedule_iterations: so that the poly decay moves the second iteration's rates.
+SWITCHES = parity.released_settings("advent", iterations=2, schedule_iterations=10)
 
 
 # --- the restatement -------------------------------------------------------------------
@@ -153,9 +111,6 @@ class ReleasedLoop:
         self.opt_d_aux = Adam041(d_aux.parameters(), lr=hp.lr_disc, betas=(0.9, 0.99))
         self.opt_d_main = Adam041(d_main.parameters(), lr=hp.lr_disc, betas=(0.9, 0.99))
 
-    def up(self, x):
-        return F.interpolate(x, size=(HEIGHT, WIDTH), mode="bilinear", align_corners=True)
-
     def poly(self, base, it):
         return base * (1 - it / self.hp.schedule_iterations) ** self.hp.poly_power
 
@@ -176,12 +131,12 @@ class ReleasedLoop:
         for p in [*self.d_aux.parameters(), *self.d_main.parameters()]:
             p.requires_grad = False
 
-        src_aux, src_main = (self.up(x) for x in model(released_input(src["image"])))
+        src_aux, src_main = released_outputs(model, src["image"])
         seg = F.cross_entropy(src_main, src["label"], ignore_index=255)
         seg_aux = F.cross_entropy(src_aux, src["label"], ignore_index=255)
         (seg + hp.lambda_seg_aux * seg_aux).backward()
 
-        trg_aux, trg_main = (self.up(x) for x in model(released_input(trg["image"])))
+        trg_aux, trg_main = released_outputs(model, trg["image"])
         if self.discriminators_first:
             self.discriminator_passes(src_aux, src_main, trg_aux, trg_main)
             self.opt_d_aux.step()
@@ -214,57 +169,29 @@ class ReleasedLoop:
 # --- the comparison --------------------------------------------------------------------
 
 
-def state(model, d_main, d_aux):
-    """Every tensor of our networks, under our names."""
-    tensors = {f"G.{k}": v for k, v in model.state_dict().items()}
-    tensors |= {f"D_main.{k}": v for k, v in d_main.state_dict().items()}
-    tensors |= {f"D_aux.{k}": v for k, v in d_aux.state_dict().items()}
-    return {k: v.detach().clone() for k, v in tensors.items()}
-
-
-def released_state(nets, names):
-    """Every tensor of the restated networks, under our names (`names`: ours -> theirs)."""
-    out = {}
-    for prefix, net, mapping in zip(("G", "D_main", "D_aux"), nets, names, strict=True):
-        theirs = net.state_dict()
-        out |= {f"{prefix}.{k}": theirs[v].detach().clone() for k, v in mapping.items()}
-    return out
-
-
 @pytest.fixture(scope="module")
 def start():
     """The network (ours, DeepLab-v2 in the Caffe file's geometry, random weights) and
     discriminators, before any step."""
-    torch.manual_seed(0)
-    model = DeepLabV2(NUM_CLASSES, weights_format="deeplab", align_corners=True)
-    torch.manual_seed(1)
-    set_batchnorm(model, "released")
-    step = AdaptationStep(model, SWITCHES, NUM_CLASSES)  # seeds the discriminators
-    return model, step.discs.main, step.discs.aux
+    return parity.start_networks(SWITCHES)
 
 
 @pytest.fixture(scope="module")
 def restated(start):
     """The released networks, restated, holding our initial weights; and the name
     mappings (ours -> theirs) the copy checked."""
-    model, d_main, d_aux = start
-    nets = (DeepLabMulti(NUM_CLASSES), Discriminator(NUM_CLASSES), Discriminator(NUM_CLASSES))
-    names = [
-        copy_weights(ours, theirs, name)
-        for ours, theirs, name in zip(
-            start, nets, (deeplab_name, discriminator_name, discriminator_name), strict=True
-        )
-    ]
-    return nets, names
+    return parity.restate(
+        start, (DeepLabMulti(NUM_CLASSES), Discriminator(NUM_CLASSES), Discriminator(NUM_CLASSES))
+    )
 
 
 def run_released(restated, **mutation):
     nets, names = restated
     model, d_main, d_aux = (copy.deepcopy(m) for m in nets)
     loop = ReleasedLoop(model, d_main, d_aux, SWITCHES, **mutation)
-    for it, (src, trg) in enumerate(batches()):
+    for it, (src, trg) in enumerate(parity.batches(SWITCHES)):
         loop.iteration(it, src, trg)
-    return released_state((model, d_main, d_aux), names)
+    return parity.released_state((model, d_main, d_aux), names)
 
 
 @pytest.fixture(scope="module")
@@ -273,18 +200,7 @@ def released(restated):
 
 
 def ours(start, cfg=SWITCHES, align_corners=True, tamper=None):
-    model, d_main, d_aux = (copy.deepcopy(m) for m in start)
-    model.align_corners = align_corners
-    set_batchnorm(model, cfg.batchnorm)
-    step = AdaptationStep(model, cfg, NUM_CLASSES)
-    step.discs.main.load_state_dict(d_main.state_dict())
-    step.discs.aux.load_state_dict(d_aux.state_dict())
-    if tamper is not None:
-        tamper(model, step)
-    for it, (src, trg) in enumerate(batches()):
-        step.set_iteration(it)
-        step(src, trg)
-    return state(model, step.discs.main, step.discs.aux)
+    return parity.run_ours(start, cfg, align_corners, tamper)[0]
 
 
 @pytest.fixture(scope="module")
@@ -293,7 +209,7 @@ def ours_released(start):
 
 
 def test_one_adaptation_step_updates_as_the_released_loop(start, released, ours_released):
-    before = state(*start)
+    before = parity.state(*start)
     differences = relative_differences(before, ours_released, released)
     worst = max(differences, key=differences.get)
     assert differences[worst] < TOLERANCE, (worst, differences[worst])
@@ -322,16 +238,6 @@ def test_the_restatement_holds_every_tensor_of_ours_under_its_released_name(rest
     assert len(names[0]) == len(nets[0].state_dict())
 
 
-def slope(value):
-    def tamper(model, step):
-        for disc in (step.discs.main, step.discs.aux):
-            for module in disc.modules():
-                if isinstance(module, torch.nn.LeakyReLU):
-                    module.negative_slope = value
-
-    return tamper
-
-
 def layer4_dilation(value):
     def tamper(model, step):
         for block in model.backbone.layer4:
@@ -346,7 +252,7 @@ def mutated(start, name):
     if name == "align_corners: false":
         return ours(start, align_corners=False)
     if name == "architecture: discriminator LeakyReLU slope 0.1":
-        return ours(start, tamper=slope(0.1))
+        return ours(start, tamper=parity.slope(0.1))
     if name == "architecture: layer4 dilated by 2, not 4":
         return ours(start, tamper=layer4_dilation(2))
     key, value = name.split(": ")
@@ -370,7 +276,7 @@ MUTATIONS = [
 @pytest.mark.filterwarnings("ignore:optimizer contains a parameter group with duplicate")
 @pytest.mark.parametrize("mutation", MUTATIONS)
 def test_each_switch_is_detected(start, restated, released, ours_released, mutation):
-    before = state(*start)
+    before = parity.state(*start)
     if mutation.startswith("reference: "):
         # The restatement changed instead, our step as released: the comparison must
         # notice a change of order or of optimiser arithmetic too.

@@ -51,63 +51,20 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from intrada.config import TrainParams
-from intrada.models import DeepLabV2
-from intrada.training import AdaptationStep, set_batchnorm
+from tests import parity
+from tests.parity import NUM_CLASSES, TOLERANCE
 from tests.released import (
     Adam041,
     DeepLabMulti,
     Discriminator,
-    copy_weights,
-    deeplab_name,
-    discriminator_name,
     loss_differences,
     relative_differences,
-    released_input,
+    released_outputs,
     released_sgd_step,
 )
 
-NUM_CLASSES = 2
-HEIGHT, WIDTH = 33, 65  # odd sizes: align_corners changes every upsampled value
-TOLERANCE = 1e-5
-SWITCHES = TrainParams(
-    method="adaptsegnet",
-    gan="vanilla",
-    init="pretrained",
-    iterations=2,
-    schedule_iterations=10,  # so that the poly decay moves the second iteration's rates
-    batch_size=1,
-    optimizer="sgd",
-    lr=2.5e-4,
-    momentum=0.9,
-    weight_decay=5e-4,
-    poly_power=0.9,
-    lambda_seg_aux=0.1,
-    lambda_seg=1.0,
-    adam="released",
-    batchnorm="released",
-    param_listing="released",
-    hflip=False,
-    log_every=1,
-    eval_every=0,
-    select="last",
-    probe_images=0,
-    lr_disc=1e-4,
-    lambda_adv_main=1e-3,
-    lambda_adv_aux=2e-4,
-    disc_channels=(64, 128, 256, 512),
-)
-
-
-def batches():
-    g = torch.Generator().manual_seed(0)
-    out = []
-    for _ in range(SWITCHES.iterations):
-        label = torch.randint(0, NUM_CLASSES, (1, HEIGHT, WIDTH), generator=g)
-        label[:, :3] = 255  # ignored pixels
-        src = {"image": torch.rand(1, 3, HEIGHT, WIDTH, generator=g), "label": label}
-        out.append((src, {"image": torch.rand(1, 3, HEIGHT, WIDTH, generator=g)}))
-    return out
+# schedule_iterations: so that the poly decay moves the second iteration's rates.
+SWITCHES = parity.released_settings("adaptsegnet", iterations=2, schedule_iterations=10)
 
 
 # --- the restatement -------------------------------------------------------------------
@@ -130,9 +87,6 @@ class ReleasedAdaptSegNet:
         self.opt_d1 = Adam041(d1.parameters(), lr=hp.lr_disc, betas=(0.9, 0.99))
         self.opt_d2 = Adam041(d2.parameters(), lr=hp.lr_disc, betas=(0.9, 0.99))
 
-    def up(self, x):
-        return F.interpolate(x, size=(HEIGHT, WIDTH), mode="bilinear", align_corners=True)
-
     def poly(self, base, it):
         return base * (1 - it / self.hp.schedule_iterations) ** self.hp.poly_power
 
@@ -151,12 +105,12 @@ class ReleasedAdaptSegNet:
 
         for p in [*d1.parameters(), *d2.parameters()]:
             p.requires_grad = False
-        pred1, pred2 = (self.up(x) for x in model(released_input(src["image"])))
+        pred1, pred2 = released_outputs(model, src["image"])
         seg1 = F.cross_entropy(pred1, src["label"], ignore_index=255)
         seg2 = F.cross_entropy(pred2, src["label"], ignore_index=255)
         (seg2 + hp.lambda_seg_aux * seg1).backward()
 
-        pred_t1, pred_t2 = (self.up(x) for x in model(released_input(trg["image"])))
+        pred_t1, pred_t2 = released_outputs(model, trg["image"])
         adv1 = self.loss(d1(F.softmax(pred_t1, dim=1)), self.source_label)
         adv2 = self.loss(d2(F.softmax(pred_t2, dim=1)), self.source_label)
         (hp.lambda_adv_aux * adv1 + hp.lambda_adv_main * adv2).backward()
@@ -189,24 +143,11 @@ class ReleasedAdaptSegNet:
 # --- the comparison --------------------------------------------------------------------
 
 
-def state(model, d_main, d_aux):
-    """Every tensor of our networks, under our names."""
-    tensors = {f"G.{k}": v for k, v in model.state_dict().items()}
-    tensors |= {f"D_main.{k}": v for k, v in d_main.state_dict().items()}
-    tensors |= {f"D_aux.{k}": v for k, v in d_aux.state_dict().items()}
-    return {k: v.detach().clone() for k, v in tensors.items()}
-
-
 @pytest.fixture(scope="module")
 def start():
     """Our network (DeepLab-v2, Caffe geometry, AdaptSegNet's two-branch ASPP, random
     weights) and discriminators, before any step."""
-    torch.manual_seed(0)
-    model = DeepLabV2(NUM_CLASSES, weights_format="deeplab", align_corners=True, aspp_branches=2)
-    torch.manual_seed(1)
-    set_batchnorm(model, "released")
-    step = AdaptationStep(model, SWITCHES, NUM_CLASSES)  # seeds the discriminators
-    return model, step.discs.main, step.discs.aux
+    return parity.start_networks(SWITCHES, aspp_branches=2)
 
 
 @pytest.fixture(scope="module")
@@ -218,40 +159,17 @@ def restated(start):
         Discriminator(NUM_CLASSES),
         Discriminator(NUM_CLASSES),
     )
-    names = [
-        copy_weights(ours, theirs, name)
-        for ours, theirs, name in zip(
-            start, nets, (deeplab_name, discriminator_name, discriminator_name), strict=True
-        )
-    ]
-    return nets, names
+    return parity.restate(start, nets)
 
 
 def run_released(restated, gan="vanilla", **mutation):
     """(every tensor under our names, logged losses per iteration)."""
     (model, d2, d1), names = (copy.deepcopy(m) for m in restated[0]), restated[1]
     loop = ReleasedAdaptSegNet(model, d1, d2, SWITCHES, gan, **mutation)
-    logged = [loop.iteration(it, src, trg) for it, (src, trg) in enumerate(batches())]
-    out = {}
-    for prefix, net, mapping in zip(("G", "D_main", "D_aux"), (model, d2, d1), names, strict=True):
-        theirs = net.state_dict()
-        out |= {f"{prefix}.{k}": theirs[v].detach().clone() for k, v in mapping.items()}
-    return out, logged
-
-
-def run_ours(start, cfg=SWITCHES, tamper=None):
-    model, d_main, d_aux = (copy.deepcopy(m) for m in start)
-    set_batchnorm(model, cfg.batchnorm)
-    step = AdaptationStep(model, cfg, NUM_CLASSES)
-    step.discs.main.load_state_dict(d_main.state_dict())
-    step.discs.aux.load_state_dict(d_aux.state_dict())
-    if tamper is not None:
-        tamper(model, step)
-    logged = []
-    for it, (src, trg) in enumerate(batches()):
-        step.set_iteration(it)
-        logged.append(step(src, trg))
-    return state(model, step.discs.main, step.discs.aux), logged
+    logged = [
+        loop.iteration(it, src, trg) for it, (src, trg) in enumerate(parity.batches(SWITCHES))
+    ]
+    return parity.released_state((model, d2, d1), names), logged
 
 
 @pytest.fixture(scope="module")
@@ -262,13 +180,14 @@ def released(restated):
 @pytest.fixture(scope="module")
 def ours(start):
     return {
-        gan: run_ours(start, dataclasses.replace(SWITCHES, gan=gan)) for gan in ("vanilla", "ls")
+        gan: parity.run_ours(start, dataclasses.replace(SWITCHES, gan=gan))
+        for gan in ("vanilla", "ls")
     }
 
 
 def differences(start, ours_run, released_run) -> tuple[float, float]:
     """(largest relative update difference, largest relative logged-loss difference)."""
-    updates = relative_differences(state(*start), ours_run[0], released_run[0])
+    updates = relative_differences(parity.state(*start), ours_run[0], released_run[0])
     losses = loss_differences(ours_run[1], released_run[1])
     return max(updates.values()), max(losses.values())
 
@@ -279,7 +198,7 @@ def test_adaptsegnet_updates_and_losses_as_the_released_loop(start, released, ou
     assert updates < TOLERANCE and losses < TOLERANCE, (updates, losses)
     # Every trainable tensor moved, the frozen ones stayed: BatchNorm's affine
     # parameters, and the ASPP branches the released classifier never adds (2 and 3).
-    before, after = state(*start), released[gan][0]
+    before, after = parity.state(*start), released[gan][0]
     model = start[0]
     frozen = {f"G.{k}" for k, p in model.named_parameters() if not p.requires_grad}
     assert "G.main_classifier.branches.3.weight" in frozen
@@ -287,16 +206,6 @@ def test_adaptsegnet_updates_and_losses_as_the_released_loop(start, released, ou
     for key in before:
         moved = not torch.equal(before[key], after[key])
         assert moved == (key not in frozen), key
-
-
-def slope(value):
-    def tamper(model, step):
-        for disc in (step.discs.main, step.discs.aux):
-            for module in disc.modules():
-                if isinstance(module, torch.nn.LeakyReLU):
-                    module.negative_slope = value
-
-    return tamper
 
 
 MUTATIONS = [
@@ -320,22 +229,22 @@ def mutated_run(start, restated, mutation):
     if mutation.startswith("reference: domain labels swapped"):
         return None, run_released(restated, labels=(1, 0))
     if mutation.startswith("discriminators fed entropy"):
-        return run_ours(start, dataclasses.replace(SWITCHES, method="advent")), None
+        return parity.run_ours(start, dataclasses.replace(SWITCHES, method="advent")), None
     if mutation.startswith("adversarial weights swapped"):
         cfg = dataclasses.replace(SWITCHES, lambda_adv_main=2e-4, lambda_adv_aux=1e-3)
-        return run_ours(start, cfg), None
+        return parity.run_ours(start, cfg), None
     if mutation == "lambda_seg_aux: 0.2":
-        return run_ours(start, dataclasses.replace(SWITCHES, lambda_seg_aux=0.2)), None
+        return parity.run_ours(start, dataclasses.replace(SWITCHES, lambda_seg_aux=0.2)), None
     if mutation.startswith("architecture: discriminator"):
-        return run_ours(start, tamper=slope(0.1)), None
+        return parity.run_ours(start, SWITCHES, tamper=parity.slope(0.1)), None
     if mutation.startswith("architecture: ASPP"):
         model = copy.deepcopy(start[0])
         for head in (model.aux_classifier, model.main_classifier):
             head.summed = 4
             head.requires_grad_(True)
-        return run_ours((model, *start[1:])), None
+        return parity.run_ours((model, *start[1:]), SWITCHES), None
     if mutation.startswith("adam: current"):
-        return run_ours(start, dataclasses.replace(SWITCHES, adam="current")), None
+        return parity.run_ours(start, dataclasses.replace(SWITCHES, adam="current")), None
     raise ValueError(mutation)
 
 
