@@ -507,10 +507,11 @@ def noise_table(results: dict[int, dict]) -> str:
     for name, ra, ma, rb, mb in GAINS:
         cells = []
         for r in results.values():
-            if name not in r.get("noise", {}):
+            a, b = miou(r, ra, ma), miou(r, rb, mb)
+            if name not in r.get("noise", {}) or a is None or b is None:
                 cells.append("–")
                 continue
-            gain = miou(r, rb, mb) - miou(r, ra, ma)
+            gain = b - a
             cells.append(f"{gain:+.2f} ± {r['noise'][name]:.2f}")
         rows.append([name, *cells])
     return table(["gain", *[f"seed {s}" for s in results]], rows)
