@@ -152,6 +152,11 @@ VARIANTS = {
         changed(w=set_key("intra.lambda_seg", 0.0), a=inter_weights),
         FROM_INTRA,
     ),
+    "asn_adv_only_released_sgd": (
+        "asn",
+        changed(w=set_key("intra.lambda_seg", 0.0), a=inter_weights, o=released_sgd),
+        FROM_INTRA,
+    ),
     "asn_self_training": ("asn", changed(lam=set_key("lambda", 1.0)), FROM_RANKING),
     "asn_normalised": (
         "asn",
@@ -189,6 +194,11 @@ ABLATION = {
         (
             "control: adversarial term alone at the inter step's weights",
             "asn_adv_only_inter_weights",
+            "intra",
+        ),
+        (
+            "control: adversarial term alone, inter step's weights, released SGD",
+            "asn_adv_only_released_sgd",
             "intra",
         ),
     ],
@@ -566,6 +576,10 @@ def report(
             ablation_table(results, "adaptsegnet"),
             "",
             *orderings(results, "adaptsegnet"),
+            "",
+            "The same with the adversarial term alone under the released SGD:",
+            "",
+            *orderings(results, "adaptsegnet", ABLATION["adaptsegnet"][-1]),
             "",
         ]
     if "selection" in done:
