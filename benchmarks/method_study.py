@@ -659,8 +659,16 @@ def main() -> None:
 
     if args.report_only:
         # What a study stopped part-way (or run piecewise) has measured so far.
-        for phase, run in (("core", "main"), ("adaptsegnet", "asn")):
-            seeds = [s for s in args.seeds if (args.workdir / f"seed_{s}/{run}/metrics").is_dir()]
+        for phase, runs in (
+            ("core", ["main"]),
+            ("adaptsegnet", ["asn"]),
+            ("selection", [f"select_{c}" for c in CRITERIA]),
+        ):
+            seeds = [
+                s
+                for s in args.seeds
+                if any((args.workdir / f"seed_{s}/{r}/metrics/eval.json").is_file() for r in runs)
+            ]
             if seeds:
                 done.append(phase)
                 ran[phase] = seeds
