@@ -124,45 +124,27 @@ def adaptsegnet(params: dict) -> None:
         params[section].update(method="adaptsegnet", gan="vanilla")
 
 
-# name: (the run it starts from, params change, stages re-run)
-VARIANTS = {
-    "intra_ce": ("main", changed(m=set_key("intra.method", "source_only")), FROM_INTRA),
-    "adv_only": ("main", changed(w=set_key("intra.lambda_seg", 0.0)), FROM_INTRA),
+# The variants of a framework's pipeline: name: (params change, stages re-run).
+FRAMEWORK_VARIANTS = {
+    "intra_ce": (changed(m=set_key("intra.method", "source_only")), FROM_INTRA),
+    "adv_only": (changed(w=set_key("intra.lambda_seg", 0.0)), FROM_INTRA),
     "adv_only_inter_weights": (
-        "main",
         changed(w=set_key("intra.lambda_seg", 0.0), a=inter_weights),
         FROM_INTRA,
     ),
     "adv_only_released_sgd": (
-        "main",
         changed(w=set_key("intra.lambda_seg", 0.0), a=inter_weights, o=released_sgd),
         FROM_INTRA,
     ),
-    "self_training": ("main", changed(lam=set_key("lambda", 1.0)), FROM_RANKING),
-    "normalised": (
-        "main",
-        changed(n=set_key("inference.normalize_entropy", True)),
-        FROM_SCORING,
-    ),
+    "self_training": (changed(lam=set_key("lambda", 1.0)), FROM_RANKING),
+    "normalised": (changed(n=set_key("inference.normalize_entropy", True)), FROM_SCORING),
+}
+# name: (the run it starts from, params change, stages re-run). Each variant with AdvEnt
+# (from `main`) and with AdaptSegNet (`asn_<name>`, from `asn`: both steps AdaptSegNet).
+VARIANTS = {
+    **{name: ("main", *variant) for name, variant in FRAMEWORK_VARIANTS.items()},
     "asn": ("main", changed(asn=adaptsegnet), FROM_INTER),
-    "asn_intra_ce": ("asn", changed(m=set_key("intra.method", "source_only")), FROM_INTRA),
-    "asn_adv_only": ("asn", changed(w=set_key("intra.lambda_seg", 0.0)), FROM_INTRA),
-    "asn_adv_only_inter_weights": (
-        "asn",
-        changed(w=set_key("intra.lambda_seg", 0.0), a=inter_weights),
-        FROM_INTRA,
-    ),
-    "asn_adv_only_released_sgd": (
-        "asn",
-        changed(w=set_key("intra.lambda_seg", 0.0), a=inter_weights, o=released_sgd),
-        FROM_INTRA,
-    ),
-    "asn_self_training": ("asn", changed(lam=set_key("lambda", 1.0)), FROM_RANKING),
-    "asn_normalised": (
-        "asn",
-        changed(n=set_key("inference.normalize_entropy", True)),
-        FROM_SCORING,
-    ),
+    **{f"asn_{name}": ("asn", *variant) for name, variant in FRAMEWORK_VARIANTS.items()},
 }
 # The ablation rows of each framework: (row, run, model in that run's metrics).
 ABLATION = {
