@@ -23,14 +23,16 @@ def self_information(prob: torch.Tensor) -> torch.Tensor:
 def entropy_map(prob: torch.Tensor) -> torch.Tensor:
     """(N, C, H, W) softmax -> (N, H, W) normalised entropy in [0, 1].
 
-    Without autograd (scoring, evaluation) the same operations run in place in one
-    buffer: bit for bit the same map, five times faster on the CPU than allocating a
-    fresh softmax-sized tensor for each of them."""
+    The sign and the 1 / log2(C) are applied after the sum over channels, on a C times
+    smaller tensor. Without autograd (scoring, evaluation) the same operations run in
+    place in one buffer: bit for bit the same map as with autograd, several times
+    faster on the CPU than allocating a fresh softmax-sized tensor for each of them."""
+    scale = -1.0 / math.log2(prob.shape[1])
     if prob.requires_grad and torch.is_grad_enabled():
-        return self_information(prob).sum(dim=1)
+        return (prob * torch.log2(prob + EPS)).sum(dim=1) * scale
     info = prob + EPS
-    info.log2_().mul_(prob).neg_().div_(math.log2(prob.shape[1]))
-    return info.sum(dim=1)
+    info.log2_().mul_(prob)
+    return info.sum(dim=1).mul_(scale)
 
 
 def image_entropy(prob: torch.Tensor) -> torch.Tensor:

