@@ -82,7 +82,8 @@ def test_training_stages_write_models_with_provenance_and_curves(project):
         validation = meta["validation"]
         assert [i for i, _ in validation["curve"]] == [3]
         assert validation["curve"][0][1] == float(val[1].split("\t")[1])
-        assert validation["select"] == "last" and validation["selected_iteration"] == 3
+        assert validation["select"] == tiny_params()[stage]["select"]
+        assert validation["selected_iteration"] == 3  # the only validation point
         assert meta["arch_config"] == {"width": 4, "align_corners": False}
     assert metas["source_only"]["init_from"] is None
     assert metas["inter"]["init_from"]["path"] == "models/source_only/model.pt"
