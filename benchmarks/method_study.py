@@ -16,9 +16,10 @@ only the stages its change touches (`method_gain.prepare_variant`):
   Ours (main's intra), `normalised` (the ranking normalised by rare classes);
 - the same rows with AdaptSegNet as the framework of both steps (`asn`, `asn_adv_only`,
   `asn_self_training`, `asn_normalised`, and its CE-only control `asn_intra_ce`);
-- `select_<criterion>`: the pipeline when the inter snapshot that ranks and
-  pseudo-labels is a label-free criterion's pick (`intrada.selection`) instead of the
-  last one (skipped where the pick is the last iteration: the run is `main` then).
+- `select_<rule>`: the pipeline when the inter snapshot that ranks and pseudo-labels is
+  another rule's (`last`, or a label-free criterion's pick: `intrada.selection`) than
+  the default's `inter.select` (skipped where the two pick the same snapshot: the run is
+  `main` then).
 
 Then, on benchmark draw 0, the default pipeline for training seeds 1-5 (seed 0 is
 seed 0's `main`): the spread over training runs on one fixed benchmark, beside the
@@ -57,6 +58,9 @@ from benchmarks import method_gain as mg
 from benchmarks.machine import describe
 from intrada.rounds import with_rounds
 from intrada.selection import CRITERIA
+
+# The rules of the selection phase: the last snapshot and each label-free criterion.
+SELECTIONS = ("last", *CRITERIA)
 
 REPO = mg.REPO
 ROUNDS = 3
@@ -247,7 +251,7 @@ def seed_params(base: dict, seed: int) -> dict[str, dict]:
     runs = {"main": main_params(base, seed, seed, ROUNDS)}
     for name, (start, change, _) in VARIANTS.items():
         runs[name] = change(runs[start])
-    for criterion in CRITERIA:
+    for criterion in SELECTIONS:
         runs[f"select_{criterion}"] = changed(s=set_key("inter.select", criterion))(runs["main"])
     return runs
 
@@ -293,23 +297,32 @@ def run_phase(
             names = [n for n in VARIANTS if n.startswith("asn") and n not in skip]
             run_variants(root, runs, names, log)
         else:
-            # Label-free selection: the pipeline again where a criterion's inter pick is not
-            # the last snapshot (where it is, the run would be `main` itself).
-            inter = validation_of(root, "main", "inter")
-            for criterion in CRITERIA:
-                pick = inter["picks"].get(criterion, {}).get("iteration")
-                if pick is None or pick == inter["last_iteration"]:
-                    continue
+            for criterion in other_selections(validation_of(root, "main", "inter")):
                 name = f"select_{criterion}"
                 mg.prepare_variant(main, root / name, runs[name], FROM_INTER)
                 mg.run_stages(root / name, FROM_INTER, log)
+
+
+def other_selections(inter: dict) -> list[str]:
+    """The rules (`SELECTIONS`) whose inter snapshot is not the one main kept, from the
+    inter model's validation record: the pipeline is run again from each of their
+    snapshots; a rule picking main's snapshot would repeat `main` itself."""
+    rules = []
+    for criterion in SELECTIONS:
+        if criterion == "last":
+            pick = inter["last_iteration"]
+        else:
+            pick = inter["picks"].get(criterion, {}).get("iteration")
+        if pick is not None and pick != inter["selected_iteration"]:
+            rules.append(criterion)
+    return rules
 
 
 def collect(workdir: Path, seed: int, draws: int) -> dict:
     """One seed's results from its run folders (what has run so far)."""
     root = workdir / f"seed_{seed}"
     results: dict = {}
-    for name in ("main", "source_long", *VARIANTS, *(f"select_{c}" for c in CRITERIA)):
+    for name in ("main", "source_long", *VARIANTS, *(f"select_{c}" for c in SELECTIONS)):
         if (root / name / "metrics/eval.json").is_file():
             results[name] = metrics_of(root, name)
     if (root / "oracle/models/source_only/model.pt").is_file():
@@ -434,7 +447,7 @@ def selection_tables(results: dict[int, dict]) -> tuple[str, str]:
     and the last snapshot's; (b) the final intra mIoU when ranking uses the inter pick."""
     rows = []
     for stage in STAGES:
-        for criterion in ("last", *CRITERIA):
+        for criterion in SELECTIONS:
             to_best, to_last, iterations = [], [], []
             for r in results.values():
                 v = r["validation"][stage]
@@ -458,7 +471,7 @@ def selection_tables(results: dict[int, dict]) -> tuple[str, str]:
         rows,
     )  # fmt: skip
     final = []
-    for criterion in ("last", *CRITERIA):
+    for criterion in SELECTIONS:
         values = []
         for r in results.values():
             run = f"select_{criterion}"
@@ -644,7 +657,7 @@ def main() -> None:
         for phase, runs in (
             ("core", ["main"]),
             ("adaptsegnet", ["asn"]),
-            ("selection", [f"select_{c}" for c in CRITERIA]),
+            ("selection", [f"select_{c}" for c in SELECTIONS]),
         ):
             seeds = [
                 s

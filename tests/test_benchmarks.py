@@ -207,6 +207,20 @@ def test_method_study_tables_from_a_results_dict():
     # entropy's pick was rerun; infomax picked the last snapshot: the main run.
     assert "| entropy | 62.40 ± 0.71 | 61.90 | 62.90 |" in final
     assert "| infomax | 62.50 ± 0.71 | 62.00 | 63.00 |" in final
+    # With the default's `inter.select: infomax` main ranked with infomax's pick, and the
+    # last snapshot was the rerun: each row still reads the run that ranked its way.
+    for offset, r in results.items():
+        r["select_last"] = run(intra=61.0 + offset)
+        r.pop("select_entropy")
+    final = ms.selection_tables(results)[1]
+    assert "| last | 61.50 ± 0.71 | 61.00 | 62.00 |" in final
+    assert "| infomax | 62.50 ± 0.71 | 62.00 | 63.00 |" in final
+    # Which rules the selection phase runs again: those whose inter snapshot main did not
+    # keep, whatever the default's rule.
+    record = {"last_iteration": 400, "picks": {"entropy": {"iteration": 400},
+              "infomax": {"iteration": 300}, "snd": {"iteration": 400}}}  # fmt: skip
+    assert ms.other_selections({**record, "selected_iteration": 400}) == ["infomax"]
+    assert ms.other_selections({**record, "selected_iteration": 300}) == ["last", "entropy", "snd"]
     spread = ms.spread_table(results, {1: results[1]["main"]})
     assert "| intra - inter | 2.00 ± 0.00 | 2.00 ± 0.00 |" in spread
     assert "+2.00 ± 0.10" in ms.noise_table(results)
