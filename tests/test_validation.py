@@ -57,6 +57,7 @@ def cfg(**changes):
         "log_every": 2,
         "checkpoint_every": 2,
         "eval_every": 2,
+        "select": "last",  # the default's inter infomax needs a probe, which most runs here lack
     }
     return dataclasses.replace(base, **{**settings, **changes})
 
