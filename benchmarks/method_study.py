@@ -303,19 +303,20 @@ def run_phase(
                 mg.run_stages(root / name, FROM_INTER, log)
 
 
+def picked_iteration(validation: dict, rule: str) -> int | None:
+    """The iteration a rule of `SELECTIONS` keeps, from a model's validation record (None
+    where the record has no pick for it)."""
+    if rule == "last":
+        return validation["last_iteration"]
+    return validation["picks"].get(rule, {}).get("iteration")
+
+
 def other_selections(inter: dict) -> list[str]:
     """The rules (`SELECTIONS`) whose inter snapshot is not the one main kept, from the
     inter model's validation record: the pipeline is run again from each of their
     snapshots; a rule picking main's snapshot would repeat `main` itself."""
-    rules = []
-    for criterion in SELECTIONS:
-        if criterion == "last":
-            pick = inter["last_iteration"]
-        else:
-            pick = inter["picks"].get(criterion, {}).get("iteration")
-        if pick is not None and pick != inter["selected_iteration"]:
-            rules.append(criterion)
-    return rules
+    picks = {rule: picked_iteration(inter, rule) for rule in SELECTIONS}
+    return [r for r, it in picks.items() if it is not None and it != inter["selected_iteration"]]
 
 
 def collect(workdir: Path, seed: int, draws: int) -> dict:
@@ -453,11 +454,8 @@ def selection_tables(results: dict[int, dict]) -> tuple[str, str]:
                 v = r["validation"][stage]
                 curve = dict(v["curve"])
                 last = curve[v["last_iteration"]]
-                if criterion == "last":
-                    value, it = last, v["last_iteration"]
-                else:
-                    it = v["picks"][criterion]["iteration"]
-                    value = curve[it]
+                it = picked_iteration(v, criterion)
+                value = curve[it]
                 to_best.append(value - v["best_mIoU"])
                 to_last.append(value - last)
                 iterations.append(it)
