@@ -10,6 +10,7 @@ a 1-process run is a plain run.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import subprocess
 import sys
@@ -23,6 +24,8 @@ import torch.distributed as dist
 from intrada.config import ComputeParams
 from intrada.errors import IntradaError
 from intrada.io import atomic_path
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -115,9 +118,53 @@ def resolve_device(name: str) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def cgroup_cpu_limit(cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> int | None:
+    """CPUs a cgroup v2 quota allows ("200000 100000" = 2), rounded up; None for no
+    quota ("max ...") or no such file."""
+    try:
+        quota, period = cpu_max.read_text().split()[:2]
+    except (OSError, ValueError):
+        return None
+    if quota == "max" or float(period) <= 0:
+        return None
+    return max(1, -(-int(quota) // int(period)))
+
+
+def usable_cpus(cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
+    """CPUs this process may run on: its affinity mask, capped by a cgroup quota."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cpus = os.cpu_count() or 1
+    limit = cgroup_cpu_limit(cpu_max)
+    return max(1, min(cpus, limit) if limit is not None else cpus)
+
+
+def set_threads(environ=os.environ, cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
+    """Sets PyTorch's intra-op threads and returns them: what OMP_NUM_THREADS (or
+    MKL_NUM_THREADS) asks for when set (PyTorch already reads them: a user's or
+    torchrun's choice), else every usable CPU.
+
+    Why not PyTorch's own default: it counts physical cores, so a VM that presents its
+    two vCPUs as two hyperthreads of one core runs everything on 1 thread, leaving the
+    second CPU idle (issue 22: source-only as slow with 2 CPUs as with 1); in a
+    container it counts the host's cores, not the CPUs the container may use."""
+    if any(environ.get(name) for name in THREAD_VARIABLES):
+        return torch.get_num_threads()
+    threads = usable_cpus(cpu_max)
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    return threads
+
+
 def setup(params: ComputeParams) -> Compute:
-    """This process's settings; joins the torchrun process group when there is one."""
+    """This process's settings; joins the torchrun process group when there is one.
+    On the CPU, PyTorch's threads are set first (`set_threads`)."""
     device = resolve_device(params.device)
+    threads = set_threads()
     rank, world = 0, 1
     if launched_by_torchrun() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         local_rank = int(os.environ["LOCAL_RANK"])
@@ -128,6 +175,8 @@ def setup(params: ComputeParams) -> Compute:
             dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
         rank, world = dist.get_rank(), dist.get_world_size()
     cuda = device.type == "cuda"
+    if rank == 0:
+        log.info("compute: %s, %d PyTorch threads, %d process(es)", device, threads, world)
     if cuda:
         # Fastest kernels for fixed input sizes; CUDA runs are not bit-reproducible anyway.
         torch.backends.cudnn.benchmark = True

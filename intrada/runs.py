@@ -187,7 +187,11 @@ def run_training(
     if cfg.init == "file":
         init_path = Path(cfg.init_file)
     source_table = load_index(source_index, labelled=True)
-    source = SegmentationSet(source_table, classes, root, labelled=True, size=source_size)
+    # Training reads each image many times (validation: every eval_every iterations):
+    # sets that fit in memory stay decoded there (`data.KEEP_DECODED_BYTES`).
+    source = SegmentationSet(
+        source_table, classes, root, labelled=True, size=source_size, keep_decoded=True
+    )
     target = None
     if cfg.method != "source_only":
         if target_index is None:
@@ -198,6 +202,7 @@ def run_training(
             root,
             labelled=False,
             size=target_size,
+            keep_decoded=True,
         )
     val_set = None
     if val_index is not None and cfg.eval_every > 0 and read_parquet(val_index).empty:
@@ -211,11 +216,17 @@ def run_training(
             labelled=True,
             size=target_size,
             resize_labels=False,
+            keep_decoded=True,
         )
     probe = None
     if probe_index is not None and cfg.probe_images > 0 and cfg.eval_every > 0:
         probe_set = SegmentationSet(
-            load_index(probe_index, labelled=False), classes, root, labelled=False, size=target_size
+            load_index(probe_index, labelled=False),
+            classes,
+            root,
+            labelled=False,
+            size=target_size,
+            keep_decoded=True,
         )
         probe = TargetProbe(probe_set, probe_indices(len(probe_set), cfg.probe_images), 16)
     model, init_from = initial_model(
@@ -305,6 +316,7 @@ def run_training(
         "amp_bf16": compute.amp,
         "compiled": compute.compile,
         "processes": compute.world,
+        "threads": torch.get_num_threads(),  # CPU floats depend on it (oneDNN's splits)
     }
     save_model(model_out, model, meta)
     log.info("%s: wrote %s (params %s)", stage, model_out, params_hash(params)[:12])

@@ -81,6 +81,7 @@ def test_two_gloo_processes_train_as_one_process_with_both_batches(project, plai
         "amp_bf16": False,
         "compiled": False,
         "processes": 2,
+        "threads": 1,  # OMP_NUM_THREADS (run_command) is left to PyTorch
     }
     changed = [k for k in plain if plain[k].is_floating_point()]
     for key in changed:
