@@ -35,7 +35,7 @@ def test_in_order_covers_a_set_once():
     assert in_order(5, 2) == [[(0, False), (1, False)], [(2, False), (3, False)], [(4, False)]]
 
 
-def make_labelled_set(tmp_path, label):
+def make_labelled_set(tmp_path, label, keep_decoded=False):
     image = np.zeros((*label.shape, 3), np.uint8)
     image[:, 0] = 255  # a bright first column shows where flips put it
     write_rgb_png(tmp_path / "a.png", image)
@@ -43,7 +43,9 @@ def make_labelled_set(tmp_path, label):
     table = pd.DataFrame(
         {"image_id": ["a"], "image_path": ["a.png"], "label_path": ["a_label.png"]}
     )
-    return SegmentationSet(table, dataset_classes("synthetic"), tmp_path, labelled=True)
+    return SegmentationSet(
+        table, dataset_classes("synthetic"), tmp_path, labelled=True, keep_decoded=keep_decoded
+    )
 
 
 def test_labels_become_class_channels_with_ignore_kept(tmp_path):
@@ -61,6 +63,33 @@ def test_flip_mirrors_image_and_label_together(tmp_path):
     flipped = dataset[(0, True)]
     assert flipped["label"].tolist() == [[7, 5, 0]]
     assert float(flipped["image"][0, 0, -1]) == 1.0 and float(flipped["image"][0, 0, 0]) == 0.0
+
+
+def test_a_set_kept_decoded_gives_the_same_samples_without_reading_again(tmp_path):
+    label = np.array([[0, 10, 13], [255, 4, 0]], np.uint8)
+    kept = make_labelled_set(tmp_path, label, keep_decoded=True)
+    first = {flip: kept[(0, flip)] for flip in (False, True)}
+    read = make_labelled_set(tmp_path, label)
+    (tmp_path / "a.png").unlink()  # the kept set no longer needs its files
+    (tmp_path / "a_label.png").unlink()
+    for flip in (False, True):
+        again = kept[(0, flip)]
+        assert torch.equal(again["image"], first[flip]["image"])
+        assert torch.equal(again["label"], first[flip]["label"])
+    again["image"].zero_()  # a caller's sample is its own copy
+    assert torch.equal(kept[(0, False)]["image"], first[False]["image"])
+    with pytest.raises(IntradaError, match="a.png"):
+        read[(0, False)]
+
+
+def test_a_set_too_large_to_keep_is_read_from_disk_each_time(tmp_path, monkeypatch):
+    monkeypatch.setattr("intrada.data.KEEP_DECODED_BYTES", 8)
+    dataset = make_labelled_set(tmp_path, np.zeros((2, 3), np.uint8), keep_decoded=True)
+    dataset[(0, False)]
+    assert dataset.decoded is None
+    (tmp_path / "a.png").unlink()
+    with pytest.raises(IntradaError, match="a.png"):
+        dataset[(0, False)]
 
 
 def test_label_of_another_size_is_named(tmp_path):
