@@ -25,7 +25,6 @@ from intrada.classes import TRAIN_ID, ClassSet
 from intrada.errors import IntradaError
 from intrada.io import read_label, read_parquet, read_rgb
 
-
 # A set is kept decoded in memory (`SegmentationSet(keep_decoded=True)`) only when all of
 # it fits in this many bytes: the embedded benchmark does, real datasets do not.
 KEEP_DECODED_BYTES = 512 * 2**20
