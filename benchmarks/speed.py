@@ -9,7 +9,8 @@
     of alternating timed blocks; goal >= 1.0x. The same step with the released code's
     memory format is reported beside it (the loop's structure alone). On a CPU with
     instructions beyond AVX2, (a) is measured again with PyTorch's AVX2 kernels
-    (`ATEN_CPU_CAPABILITY=avx2`, in a child process), as on an AVX2-only CPU;
+    (`ATEN_CPU_CAPABILITY=avx2`, and oneDNN's convolutions with `ONEDNN_MAX_CPU_ISA=AVX2`,
+    in a child process), as on an AVX2-only CPU;
 (b) entropy scoring (`score_images`: maps, predictions and scores table written)
     against bare forward passes over the same images; goal: overhead <= 15 %;
 (c) ranking 1,000,000 scores into the two split files; goal < 2 s;
@@ -154,7 +155,9 @@ def benchmark_step(raw: dict, steps: int, rounds: int = 7) -> str:
 
 def benchmark_step_avx2(params: str, steps: int, rounds: int) -> str | None:
     """(a) again in a child process with PyTorch's AVX2 kernels, when this CPU has more
-    (what an AVX2-only CPU runs); None when it has not."""
+    (what an AVX2-only CPU runs); None when it has not. ATEN_CPU_CAPABILITY alone only
+    lowers ATen's own kernels: the convolutions, most of a step, are oneDNN's, which
+    pick their instructions themselves unless ONEDNN_MAX_CPU_ISA caps them."""
     if instruction_set() in ("AVX2", "DEFAULT", "NO AVX"):
         return None
     code = (
@@ -162,7 +165,12 @@ def benchmark_step_avx2(params: str, steps: int, rounds: int) -> str | None:
         "from intrada.config import read_params; "
         f"print(benchmark_step(read_params({params!r}), {steps}, {rounds}))"
     )
-    env = {**os.environ, "ATEN_CPU_CAPABILITY": "avx2", "PYTHONPATH": str(REPO)}
+    env = {
+        **os.environ,
+        "ATEN_CPU_CAPABILITY": "avx2",
+        "ONEDNN_MAX_CPU_ISA": "AVX2",
+        "PYTHONPATH": str(REPO),
+    }
     result = subprocess.run(
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=REPO
     )
