@@ -176,7 +176,7 @@ def setup(params: ComputeParams) -> Compute:
         rank, world = dist.get_rank(), dist.get_world_size()
     cuda = device.type == "cuda"
     if rank == 0:
-        log.info("compute: %s, %d PyTorch threads, %d process(es)", device, threads, world)
+        log.info("%s, %d PyTorch threads, %d process(es)", device, threads, world)
     if cuda:
         # Fastest kernels for fixed input sizes; CUDA runs are not bit-reproducible anyway.
         torch.backends.cudnn.benchmark = True
