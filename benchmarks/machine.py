@@ -23,8 +23,11 @@ def cpu_model() -> str:
 
 def instruction_set() -> str:
     """The vector instruction set PyTorch's CPU kernels use here (AVX512, AVX2, ...):
-    `ATEN_CPU_CAPABILITY=avx2` lowers it on a newer CPU."""
-    return torch.backends.cpu.get_cpu_capability()
+    `ATEN_CPU_CAPABILITY=avx2` lowers it on a newer CPU (and `ONEDNN_MAX_CPU_ISA=AVX2`
+    oneDNN's convolutions, named when set)."""
+    aten = torch.backends.cpu.get_cpu_capability()
+    onednn = os.environ.get("ONEDNN_MAX_CPU_ISA")
+    return f"{aten}, oneDNN {onednn}" if onednn else aten
 
 
 def describe() -> str:

@@ -158,7 +158,7 @@ def benchmark_step_avx2(params: str, steps: int, rounds: int) -> str | None:
     (what an AVX2-only CPU runs); None when it has not. ATEN_CPU_CAPABILITY alone only
     lowers ATen's own kernels: the convolutions, most of a step, are oneDNN's, which
     pick their instructions themselves unless ONEDNN_MAX_CPU_ISA caps them."""
-    if instruction_set() in ("AVX2", "DEFAULT", "NO AVX"):
+    if torch.backends.cpu.get_cpu_capability() in ("AVX2", "DEFAULT", "NO AVX"):
         return None
     code = (
         "import sys; from benchmarks.speed import benchmark_step; "

@@ -112,7 +112,9 @@ def test_speed_benchmark_prints_the_five_measurements():
     assert re.search(r"\(x86_64|aarch64|arm64", lines[0]) and " kernels)" in lines[0], lines[0]
     isa = torch.backends.cpu.get_cpu_capability()
     if isa not in ("AVX2", "DEFAULT", "NO AVX"):  # the same step with AVX2 kernels
-        (avx2,) = [line for line in lines if line.startswith("(a) [AVX2] training step")]
+        (avx2,) = [
+            line for line in lines if line.startswith("(a) [AVX2, oneDNN AVX2] training step")
+        ]
         assert re.search(r"-> \d+\.\d\dx \(goal >= 1\.0x\)", avx2), avx2
     for prefix, pattern in (
         (f"(a) [{isa}] training step", r"-> \d+\.\d\dx \(goal >= 1\.0x\); ours in NCHW"),
