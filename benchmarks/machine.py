@@ -9,6 +9,8 @@ from pathlib import Path
 
 import torch
 
+from intrada.compute import TORCH_DEFAULT_THREADS, usable_cpus
+
 
 def cpu_model() -> str:
     """The CPU's model name (/proc/cpuinfo), or the platform's processor string."""
@@ -35,5 +37,6 @@ def describe() -> str:
     return (
         f"{cpu_model()} ({platform.machine()}, {os.cpu_count()} cores, "
         f"{instruction_set()} kernels), torch {torch.__version__} "
-        f"({torch.get_num_threads()} threads), CUDA {torch.cuda.is_available()}"
+        f"({torch.get_num_threads()} threads; PyTorch's default here "
+        f"{TORCH_DEFAULT_THREADS}, usable CPUs {usable_cpus()}), CUDA {torch.cuda.is_available()}"
     )

@@ -119,6 +119,9 @@ def resolve_device(name: str) -> torch.device:
 
 
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+# PyTorch's own choice in this process (physical cores, or the variables above), before
+# `set_threads`: the stage log prints both, so a slow machine shows which it had.
+TORCH_DEFAULT_THREADS = torch.get_num_threads()
 
 
 def cgroup_cpu_limit(cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> int | None:
@@ -176,7 +179,13 @@ def setup(params: ComputeParams) -> Compute:
         rank, world = dist.get_rank(), dist.get_world_size()
     cuda = device.type == "cuda"
     if rank == 0:
-        log.info("%s, %d PyTorch threads, %d process(es)", device, threads, world)
+        log.info(
+            "%s, %d PyTorch threads (PyTorch's default here: %d), %d process(es)",
+            device,
+            threads,
+            TORCH_DEFAULT_THREADS,
+            world,
+        )
     if cuda:
         # Fastest kernels for fixed input sizes; CUDA runs are not bit-reproducible anyway.
         torch.backends.cudnn.benchmark = True

@@ -60,16 +60,21 @@ def test_a_stage_process_uses_the_cpus_its_affinity_allows():
     """What a stage does on a VM whose PyTorch default is 1 thread for 2 CPUs: its
     `setup` follows the CPUs it may run on (here: pinned to one, so 1; unpinned, all)."""
     code = (
-        "import os, torch; from intrada.compute import setup; "
+        "import logging, os, torch; logging.basicConfig(level=logging.INFO); "
+        "default = torch.get_num_threads(); from intrada.compute import setup; "
         "from intrada.config import ComputeParams; "
         "p = ComputeParams('cpu', False, True, False, 0, 1); "
         "torch.set_num_threads(1); setup(p); a = torch.get_num_threads(); "
         "os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); setup(p); "
-        "print(a, torch.get_num_threads())"
+        "print(a, torch.get_num_threads(), default)"
     )
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
     env["PYTHONPATH"] = str(REPO)
     out = subprocess.run(
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
     )
-    assert out.stdout.split() == [str(usable_cpus()), "1"]
+    threads, pinned, default = out.stdout.split()
+    assert (threads, pinned) == (str(usable_cpus()), "1")
+    # The log says what PyTorch alone would have used: a slow machine's log shows it.
+    lines = [line for line in out.stderr.splitlines() if "PyTorch threads" in line]
+    assert len(lines) == 2 and f"(PyTorch's default here: {default})" in lines[0], out.stderr
