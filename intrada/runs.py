@@ -192,18 +192,22 @@ def run_training(
     source = SegmentationSet(
         source_table, classes, root, labelled=True, size=source_size, keep_decoded=True
     )
-    target = None
-    if cfg.method != "source_only":
-        if target_index is None:
-            raise IntradaError(f"{stage}.method = {cfg.method} needs a target index")
-        target = SegmentationSet(
-            load_index(target_index, labelled=False),
+
+    def unlabelled(index: Path) -> SegmentationSet:
+        return SegmentationSet(
+            load_index(index, labelled=False),
             classes,
             root,
             labelled=False,
             size=target_size,
             keep_decoded=True,
         )
+
+    target = None
+    if cfg.method != "source_only":
+        if target_index is None:
+            raise IntradaError(f"{stage}.method = {cfg.method} needs a target index")
+        target = unlabelled(target_index)
     val_set = None
     if val_index is not None and cfg.eval_every > 0 and read_parquet(val_index).empty:
         # The user's own target without labels: nothing to validate on.
@@ -220,14 +224,9 @@ def run_training(
         )
     probe = None
     if probe_index is not None and cfg.probe_images > 0 and cfg.eval_every > 0:
-        probe_set = SegmentationSet(
-            load_index(probe_index, labelled=False),
-            classes,
-            root,
-            labelled=False,
-            size=target_size,
-            keep_decoded=True,
-        )
+        # The pipeline probes the images it adapts on: one set, decoded once.
+        same = target is not None and Path(probe_index) == Path(target_index)
+        probe_set = target if same else unlabelled(probe_index)
         probe = TargetProbe(probe_set, probe_indices(len(probe_set), cfg.probe_images), 16)
     model, init_from = initial_model(
         model_params,
