@@ -38,14 +38,15 @@ from PIL import Image
 
 from intrada import faults
 from intrada.errors import IntradaError
-
-try:
-    # ISA-L's deflate: 3x faster than zlib's level 1 on these maps, for files as small
-    # (docs/benchmarks.md): most of what scoring adds to the network's forwards.
-    from isal.isal_zlib import compress as _deflate
-except ImportError:  # without isal (a GPU machine's own Python): zlib, same pixels,
-    from zlib import compress as _deflate  # other file bytes
 from intrada.io import naming, read_label_png, read_parquet
+
+# ISA-L's deflate: 3x faster than zlib's level 1 on these maps, for files as small
+# (docs/benchmarks.md): most of what scoring adds to the network's forwards. Without
+# isal (a GPU machine's own Python) zlib's: the same pixels in other file bytes.
+try:
+    from isal.isal_zlib import compress as _deflate
+except ImportError:
+    from zlib import compress as _deflate
 
 ENTROPY_LEVELS = 255  # 8-bit maps: entropy e in [0, 1] is stored as round(255 * e)
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

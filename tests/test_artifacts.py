@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import os
 import zipfile
+import zlib
 
 import numpy as np
 import pandas as pd
@@ -128,6 +129,21 @@ def test_labels_round_trip_and_encode_as_pillow_decodes(tmp_path):
         for smooth in (False, True):
             decoded = np.array(Image.open(io.BytesIO(encode_png(array, smooth))))
             assert np.array_equal(decoded, array)
+
+
+@pytest.mark.parametrize("deflate", ["isal", "zlib"])
+def test_pngs_decode_to_the_same_pixels_with_either_deflate(monkeypatch, deflate):
+    """ISA-L writes the pipeline's PNGs; a Python without isal falls back to zlib."""
+    if deflate == "zlib":
+        monkeypatch.setattr(artifacts, "_deflate", zlib.compress)
+    else:
+        pytest.importorskip("isal")
+    rng = np.random.default_rng(2)
+    smooth_map = np.clip(rng.gamma(0.3, 8, size=(64, 128)), 0, 255).astype(np.uint8)
+    label = rng.choice(np.array([0, 7, 255], np.uint8), size=(64, 128))
+    for array, smooth in ((smooth_map, True), (label, False)):
+        decoded = np.array(Image.open(io.BytesIO(encode_png(array, smooth))))
+        assert np.array_equal(decoded, array)
 
 
 def test_the_readers_accept_the_one_file_per_image_layout(tmp_path):
