@@ -37,7 +37,8 @@ test-faults: $(INSTALLED) ## the fault-injection matrix through dvc repro (sever
 
 # Runs of minutes each, apart from `make test` for its time; CI runs all three targets:
 # the tiny smoke run (DeepLab-v2 through dvc repro, then a released inter model), the
-# method-gain and speed benchmarks' own runs, and a lambda sweep through DVC's queue.
+# method-gain and speed benchmarks' own runs, a lambda sweep through DVC's queue, and
+# the GTA5-layout repro over raw trees edited in place (keeps make test under 8 min).
 test-long: $(INSTALLED) ## the end-to-end runs: smoke and benchmark scripts, a queued sweep (minutes)
 	$(RUN) python -m pytest -q -m long
 

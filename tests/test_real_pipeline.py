@@ -84,6 +84,7 @@ def test_the_dag_runs_on_gta5_and_cityscapes_layouts(tmp_path, datasets):
     assert len(list((tmp_path / "plots/gallery").glob("*.png"))) == 2 * min(k, 6) + 1
 
 
+@pytest.mark.long  # a whole GTA5-layout repro, then edits and re-runs (~50 s): make test-long
 def test_dvc_repro_tracks_the_raw_trees_in_place(tmp_path, datasets):
     trees = tmp_path / "datasets"
     shutil.copytree(datasets, trees)
