@@ -15,14 +15,9 @@ EPS = 1e-30  # keeps log2(0) finite; 0 * log2(EPS) is then exactly 0
 
 
 def self_information(prob: torch.Tensor) -> torch.Tensor:
-    """(N, C, H, W) softmax -> (N, C, H, W) weighted self-information map, in the
-    softmax's memory format. Without autograd (the discriminators' own step) the same
-    operations run in place in one buffer: bit for bit the same map, fewer passes."""
-    scale = math.log2(prob.shape[1])
-    if prob.requires_grad and torch.is_grad_enabled():
-        return -prob * torch.log2(prob + EPS) / scale
-    info = prob + EPS
-    return info.log2_().mul_(prob).neg_().div_(scale)
+    """(N, C, H, W) softmax -> (N, C, H, W) weighted self-information map."""
+    num_classes = prob.shape[1]
+    return -prob * torch.log2(prob + EPS) / math.log2(num_classes)
 
 
 def entropy_map(prob: torch.Tensor) -> torch.Tensor:

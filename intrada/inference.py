@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from torch import nn
 
 from intrada.artifacts import owned_positions
@@ -16,7 +17,6 @@ from intrada.classes import ClassSet
 from intrada.compute import CPU, Compute
 from intrada.data import SegmentationSet, in_batches, loader
 from intrada.entropy import entropy_map, rare_class_normalised
-from intrada.layout import class_softmax
 from intrada.models import upsample
 from intrada.progress import progress
 
@@ -40,13 +40,12 @@ def predict_probs(
     """(N, 3, H, W) images -> (N, C, *size) fp32 softmax of the main head, on the CPU.
 
     The model must already be on `compute.device`; the forward runs under its autocast,
-    softmax (and everything computed from it) in fp32, in the network's memory format
-    (`layout.class_softmax`). Scores are upsampled the way the model's architecture says
-    (`model.align_corners`)."""
+    softmax (and everything computed from it) in fp32. Scores are upsampled the way the
+    model's architecture says (`model.align_corners`)."""
     model.eval()
     with compute.autocast():
         _, main = model(compute.images(images))
-    return class_softmax(upsample(main.float(), size, model.align_corners)).cpu()
+    return F.softmax(upsample(main.float(), size, model.align_corners), dim=1).cpu()
 
 
 def top_class(prob: torch.Tensor) -> torch.Tensor:

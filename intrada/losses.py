@@ -8,7 +8,6 @@ import torch.nn.functional as F
 
 from intrada.classes import IGNORE_INDEX
 from intrada.entropy import entropy_map
-from intrada.layout import pixel_cross_entropy
 
 # Discriminator targets: the segmentation network wants target maps judged "source".
 SOURCE_LABEL = 0.0
@@ -19,7 +18,7 @@ def segmentation_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tenso
     """Pixel-wise cross-entropy, ignoring label 255. Returns 0 if every pixel is ignored."""
     if not (labels != IGNORE_INDEX).any():
         return logits.sum() * 0.0
-    return pixel_cross_entropy(logits, labels, IGNORE_INDEX)
+    return F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX)
 
 
 def adversarial_loss(d_logits: torch.Tensor, label: float) -> torch.Tensor:

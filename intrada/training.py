@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
@@ -27,7 +28,6 @@ from intrada.config import ADVERSARIAL_METHODS, TrainParams
 from intrada.data import EndlessBatches, SegmentationSet, loader
 from intrada.entropy import self_information
 from intrada.errors import IntradaError
-from intrada.layout import class_softmax, pixel_cross_entropy
 from intrada.losses import (
     SOURCE_LABEL,
     TARGET_LABEL,
@@ -385,7 +385,7 @@ class AdaptationStep:
         processes step as one process with their batches together would."""
         if not self.compute.distributed:
             return segmentation_loss(logits, labels)
-        total = pixel_cross_entropy(logits, labels, IGNORE_INDEX, reduction="sum")
+        total = F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX, reduction="sum")
         count = (labels != IGNORE_INDEX).sum().to(torch.float64)
         dist.all_reduce(count)
         return total * self.compute.world / count.clamp(min=1).to(total.dtype)
@@ -412,8 +412,8 @@ class AdaptationStep:
 
         if cfg.method != "source_only":
             pred_trg_aux, pred_trg_main = self._forward(trg["image"])
-            prob_trg_main = class_softmax(pred_trg_main)
-            prob_trg_aux = class_softmax(pred_trg_aux)
+            prob_trg_main = F.softmax(pred_trg_main, dim=1)
+            prob_trg_aux = F.softmax(pred_trg_aux, dim=1)
             if self.discs is not None:
                 map_trg_main = self._disc_input(prob_trg_main)
                 map_trg_aux = self._disc_input(prob_trg_aux)
@@ -453,8 +453,8 @@ class AdaptationStep:
         discs = self.discs
         discs.requires_grad(True)
         discs.optimizer.zero_grad(set_to_none=True)
-        map_src_main = self._disc_input(class_softmax(pred_src_main))
-        map_src_aux = self._disc_input(class_softmax(pred_src_aux))
+        map_src_main = self._disc_input(F.softmax(pred_src_main, dim=1))
+        map_src_aux = self._disc_input(F.softmax(pred_src_aux, dim=1))
         loss_d_main = self._domain_loss(discs.train_main, map_src_main, map_trg_main)
         loss_d_aux = self._domain_loss(discs.train_aux, map_src_aux, map_trg_aux)
         (loss_d_main + loss_d_aux).backward()
